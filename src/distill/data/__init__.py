@@ -1,0 +1,218 @@
+"""Datasets: the built-in ones (digits, Fashion-MNIST), user-registered ones and user datasets.
+
+``load_data(name, ...)`` looks ``name`` up in :data:`DATASETS`, normalises the images with the
+dataset's per-channel constants, keeps the first ``subset`` training images, carves a seeded
+validation split off the training images and returns a :class:`DataBundle`.
+
+Add a dataset by registering a loader that returns :class:`RawData`::
+
+    @register_dataset("my-data")
+    def my_data(dir=None):
+        return RawData(train_x=images, train_y=labels, num_classes=5)
+
+Or wrap existing ``torch.utils.data.Dataset`` objects with :func:`bundle_from_datasets`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+
+import torch
+
+from distill.data.augment import AUGMENTATIONS, standard_augment
+from distill.data.builtin import load_digits, load_fashion_mnist
+from distill.data.bundle import (
+    DataBundle,
+    RawData,
+    TensorImageDataset,
+    bundle_from_datasets,
+    check_labels,
+    normalise,
+    split_indices,
+    validate_val_fraction,
+)
+from distill.errors import ConfigError, DataError, did_you_mean
+
+__all__ = [
+    "DATASETS",
+    "DataBundle",
+    "RawData",
+    "TensorImageDataset",
+    "bundle_from_datasets",
+    "load_data",
+    "register_dataset",
+    "standard_augment",
+]
+
+#: Dataset name -> loader. A loader is called with no arguments, or with ``dir=...`` when the
+#: caller gives a directory, and returns :class:`RawData`.
+DATASETS: dict[str, Callable[..., RawData]] = {
+    "digits": load_digits,
+    "fashion-mnist": load_fashion_mnist,
+}
+
+LoaderT = Callable[..., RawData]
+
+
+def register_dataset(name: str) -> Callable[[LoaderT], LoaderT]:
+    """Decorator adding a loader to :data:`DATASETS` under ``name``.
+
+    The loader takes an optional ``dir`` keyword and returns :class:`RawData`. Registering a
+    name that is already taken by another function raises :class:`ConfigError` (re-running the
+    same definition, e.g. in a notebook, simply replaces it).
+    """
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"a dataset name must be a non-empty string; got {name!r}")
+
+    def decorator(loader: LoaderT) -> LoaderT:
+        existing = DATASETS.get(name)
+        if existing is not None and _qualified(existing) != _qualified(loader):
+            raise ConfigError(
+                f"dataset name {name!r} is already registered to {_qualified(existing)}; "
+                "choose another name"
+            )
+        DATASETS[name] = loader
+        return loader
+
+    return decorator
+
+
+def _qualified(fn: Callable) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+def _check_raw(raw: object, name: str) -> RawData:
+    if not isinstance(raw, RawData):
+        raise DataError(
+            f"the loader of dataset {name!r} returned {type(raw).__name__}, not RawData"
+        )
+    for split in ("train", "test"):
+        x, y = getattr(raw, f"{split}_x"), getattr(raw, f"{split}_y")
+        if split == "test" and x is None and y is None:
+            continue
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise DataError(
+                f"dataset {name!r}: {split}_x must be a tensor [N, C, H, W]; got {shape}"
+            )
+        if not isinstance(y, torch.Tensor) or y.dim() != 1 or y.shape[0] != x.shape[0]:
+            shape = list(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+            raise DataError(
+                f"dataset {name!r}: {split}_y must be a tensor [{x.shape[0]}] of labels; "
+                f"got {shape}"
+            )
+        if y.is_floating_point():
+            raise DataError(f"dataset {name!r}: {split}_y must hold integer labels; got {y.dtype}")
+    if raw.train_x.shape[0] == 0:
+        raise DataError(f"dataset {name!r} has no training images")
+    if raw.test_x is not None and raw.test_x.shape[1:] != raw.train_x.shape[1:]:
+        raise DataError(
+            f"dataset {name!r}: test images are {list(raw.test_x.shape[1:])} but training images "
+            f"are {list(raw.train_x.shape[1:])}"
+        )
+    if isinstance(raw.num_classes, bool) or not isinstance(raw.num_classes, int):
+        raise DataError(f"dataset {name!r}: num_classes must be an int; got {raw.num_classes!r}")
+    if raw.num_classes < 1:
+        raise DataError(f"dataset {name!r}: num_classes must be at least 1; got {raw.num_classes}")
+    return raw
+
+
+def _channel_stats(raw: RawData, name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    channels = raw.train_x.shape[1]
+    if raw.mean is None or raw.std is None:
+        x = raw.train_x.double().transpose(0, 1).reshape(channels, -1)
+        mean = tuple(x.mean(dim=1).tolist()) if raw.mean is None else tuple(raw.mean)
+        std = tuple(x.std(dim=1).tolist()) if raw.std is None else tuple(raw.std)
+    else:
+        mean, std = tuple(raw.mean), tuple(raw.std)
+    if len(mean) != channels or len(std) != channels:
+        raise DataError(
+            f"dataset {name!r}: mean and std need one value per channel ({channels}); "
+            f"got mean={mean}, std={std}"
+        )
+    if any(not s > 0 for s in std):
+        raise DataError(f"dataset {name!r}: std must be positive in every channel; got {std}")
+    return mean, std
+
+
+def load_data(
+    name: str = "digits",
+    *,
+    dir: str | os.PathLike | None = None,
+    subset: int | None = None,
+    val_fraction: float | None = None,
+    seed: int = 0,
+    augment: str = "none",
+) -> DataBundle:
+    """Load a registered dataset as a :class:`DataBundle`.
+
+    Args:
+        name: a key of :data:`DATASETS` (``"digits"``, ``"fashion-mnist"`` or a registered one).
+        dir: where the dataset's files are; passed to the loader (default: its search path).
+        subset: keep only the first ``subset`` training images (2 ≤ subset ≤ available).
+        val_fraction: share of the (subset of) training images held out for validation, in
+            (0, 1); ``ceil(N * val_fraction)`` images. Default: the dataset's own.
+        seed: seeds the train/validation permutation.
+        augment: ``"none"``, or ``"standard"`` (random crop with padding + horizontal flip on
+            training items only; see :func:`standard_augment`).
+
+    Every split holds normalised float32 images ``[C, H, W]`` and int64 labels in memory.
+    ``test`` is the dataset's official test split (whole, never subset), or None.
+    """
+    if name not in DATASETS:
+        known = ", ".join(sorted(DATASETS))
+        raise ConfigError(
+            f"unknown dataset {name!r}{did_you_mean(str(name), DATASETS)}; registered: {known}"
+        )
+    if augment not in AUGMENTATIONS:
+        allowed = ", ".join(repr(a) for a in AUGMENTATIONS)
+        raise ConfigError(f"augment={augment!r} is not supported; allowed values: {allowed}")
+    if val_fraction is not None:
+        val_fraction = validate_val_fraction(val_fraction)
+    if subset is not None and (isinstance(subset, bool) or not isinstance(subset, int)):
+        raise ConfigError(f"subset must be an integer number of images or null; got {subset!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"seed must be an integer; got {seed!r}")
+
+    loader = DATASETS[name]
+    raw = _check_raw(loader(dir=dir) if dir is not None else loader(), name)
+    if val_fraction is None:
+        val_fraction = validate_val_fraction(raw.default_val_fraction)
+
+    train_x, train_y = raw.train_x, raw.train_y.long()
+    available = train_x.shape[0]
+    if subset is not None:
+        if subset < 2 or subset > available:
+            raise DataError(
+                f"subset={subset} is out of range for dataset {name!r}: it has {available} "
+                f"training images, and at least 2 are needed (one to train, one to validate)"
+            )
+        train_x, train_y = train_x[:subset], train_y[:subset]
+    check_labels(train_y, raw.num_classes, f"dataset {name!r} (train)")
+
+    mean, std = _channel_stats(raw, name)
+    train_idx, val_idx = split_indices(train_x.shape[0], val_fraction, seed)
+    train_x = normalise(train_x, mean, std)
+
+    transform = None
+    if augment == "standard":
+        black = tuple((0.0 - m) / s for m, s in zip(mean, std, strict=True))
+        transform = functools.partial(standard_augment, fill=torch.tensor(black))
+
+    test = None
+    if raw.test_x is not None and raw.test_y is not None:
+        test_y = raw.test_y.long()
+        check_labels(test_y, raw.num_classes, f"dataset {name!r} (test)")
+        test = TensorImageDataset(normalise(raw.test_x, mean, std), test_y)
+
+    return DataBundle(
+        name=name,
+        train=TensorImageDataset(train_x[train_idx], train_y[train_idx], transform=transform),
+        val=TensorImageDataset(train_x[val_idx], train_y[val_idx]),
+        test=test,
+        num_classes=raw.num_classes,
+        in_channels=int(train_x.shape[1]),
+        image_size=(int(train_x.shape[2]), int(train_x.shape[3])),
+    )
