@@ -1,0 +1,145 @@
+"""The ``distill`` command.
+
+Exit codes: 0 success; 2 a problem with the input (recipe, data, checkpoint, arguments),
+reported in one line without a traceback (``--debug`` shows it); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .errors import DistillError
+
+
+def _fresh_dir(base: Path) -> Path:
+    """``base``, or ``base-2``, ``base-3``... whichever does not exist yet."""
+    candidate, k = base, 2
+    while candidate.exists():
+        candidate, k = base.with_name(f"{base.name}-{k}"), k + 1
+    return candidate
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .pipeline import Pipeline
+    from .recipe import load_recipe
+    from .report import results_table
+
+    recipe = load_recipe(args.recipe, overrides=args.set or [])
+    if args.data_dir:
+        recipe.data.dir = args.data_dir
+    if args.out is None:
+        if args.resume:
+            raise DistillError("--resume needs --out DIR: the directory of the run to continue")
+        out = _fresh_dir(Path("runs") / Path(args.recipe).stem)
+    else:
+        out = Path(args.out)
+    pipeline = Pipeline(recipe, out, resume=args.resume, progress=not args.quiet,
+                        device=args.device)
+    pipeline.log(f"distill {__version__}: running {args.recipe} into {out}")
+    summary = pipeline.run()
+    if pipeline.is_main:
+        print()
+        print(results_table(summary))
+        print(f"\nwrote {out}/summary.json, metrics.jsonl, report.md and plots")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import demo_recipe
+    from .pipeline import Pipeline
+    from .recipe import parse_recipe
+    from .report import results_table
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    raw = demo_recipe(args.data, methods, data_dir=args.data_dir)
+    recipe = parse_recipe(raw, overrides=args.set or [], source=f"demo ({args.data})")
+    out = Path(args.out) if args.out else _fresh_dir(Path("runs") / f"demo-{args.data}")
+    pipeline = Pipeline(recipe, out, resume=args.resume, progress=not args.quiet,
+                        device=args.device)
+    pipeline.log(
+        f"distill {__version__} demo on {args.data}: teacher {raw['models']['teacher']['arch']}"
+        f", students {raw['models']['student']['arch']}; writing {out}"
+    )
+    summary = pipeline.run()
+    if pipeline.is_main:
+        print()
+        print(results_table(summary))
+        base = summary["models"]["student"].get("val_accuracy", 0.0)
+        for name in summary["models"]:
+            if name.startswith("student_"):
+                gain = 100 * (summary["models"][name]["val_accuracy"] - base)
+                print(f"{name}: {gain:+.2f} points over the student trained alone (validation)")
+        print(f"\nwrote {out}/summary.json, metrics.jsonl, report.md and plots")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from .models import available
+
+    print("\n".join(available()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="distill",
+        description="Knowledge distillation for PyTorch: train a small student to mimic a "
+        "large teacher.",
+    )
+    parser.add_argument("--version", action="version", version=f"distill {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--out", help="run directory (default: a new folder under runs/)")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a recipe field by dotted path, value in YAML syntax, "
+                       "e.g. --set train.epochs=2 --set stages.2.temperature=2 (repeatable)")
+        p.add_argument("--resume", action="store_true",
+                       help="continue the interrupted run in --out where it stopped")
+        p.add_argument("--data-dir", help="directory holding the dataset files")
+        p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+        p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
+        p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+
+    run = sub.add_parser("run", help="run a YAML recipe")
+    run.add_argument("recipe", help="path to the recipe (YAML)")
+    common(run)
+    run.set_defaults(func=_cmd_run)
+
+    demo = sub.add_parser(
+        "demo", help="train a teacher, a student alone and a distilled student; print a table"
+    )
+    demo.add_argument("--data", default="digits", help="digits (default) or fashion-mnist")
+    demo.add_argument("--methods", default="kd",
+                      help="comma-separated methods to add, e.g. kd (default: kd)")
+    common(demo)
+    demo.set_defaults(func=_cmd_demo)
+
+    models = sub.add_parser("models", help="list the model zoo's architectures")
+    models.set_defaults(func=_cmd_models, debug=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``distill`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except DistillError as exc:
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        print(f"distill: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("distill: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Validated settings shared by recipes, stages and the trainer (pydantic models).
+
+Field names here are part of the recipe contract (see DESIGN.md). Every model forbids unknown
+keys so a typo is reported instead of silently ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Strict(BaseModel):
+    """Base for recipe sections: unknown keys are errors, values are checked on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class OptimizerConfig(Strict):
+    """Optimizer: ``sgd`` (momentum, optional Nesterov), ``adamw`` or ``adam``."""
+
+    name: Literal["sgd", "adamw", "adam"] = "sgd"
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(5.0e-4, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+class ScheduleConfig(Strict):
+    """Learning-rate schedule, applied per optimizer step.
+
+    - ``cosine``: linear warm-up over ``warmup_epochs``, then cosine decay to ``min_lr_ratio``·lr.
+    - ``step``: warm-up, then lr·gamma^k after each of ``milestones`` (epochs); when
+      ``milestones`` is empty, every ``step_size`` epochs.
+    - ``onecycle``: linear rise from lr/``div_factor`` to lr over ``warmup_epochs`` (30% of the
+      run when 0), then cosine decay to lr/(``div_factor``·``final_div_factor``).
+    - ``constant``: warm-up, then lr.
+    """
+
+    name: Literal["cosine", "step", "onecycle", "constant"] = "cosine"
+    warmup_epochs: float = Field(0, ge=0)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    step_size: int = Field(30, gt=0)
+    milestones: list[int] = Field(default_factory=list)
+    gamma: float = Field(0.1, gt=0, le=1)
+    div_factor: float = Field(25.0, ge=1)
+    final_div_factor: float = Field(1.0e4, ge=1)
+
+
+class TrainConfig(Strict):
+    """How one phase of one stage trains. The recipe's ``train`` section gives the defaults and
+    any stage may override any field."""
+
+    epochs: int = Field(10, gt=0)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    grad_accum_steps: int = Field(1, ge=1)
+    clip_grad_norm: float | None = Field(None, gt=0)
+    max_bad_steps: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _warmup_within_run(self) -> TrainConfig:
+        if self.schedule.warmup_epochs > self.epochs:
+            raise ValueError(
+                f"schedule.warmup_epochs ({self.schedule.warmup_epochs}) must not exceed "
+                f"epochs ({self.epochs})"
+            )
+        return self
+
+
+TRAIN_FIELDS: frozenset[str] = frozenset(TrainConfig.model_fields)
+
+
+class DataConfig(Strict):
+    """Which data, how much of it, and how it is batched."""
+
+    name: str = "digits"
+    dir: str | None = None
+    subset: int | None = Field(None, gt=0)
+    val_fraction: float | None = Field(None, gt=0, lt=1)
+    batch_size: int = Field(128, gt=0)
+    eval_batch_size: int | None = Field(None, gt=0)
+    augment: Literal["none", "standard"] = "none"
+    num_workers: int = Field(0, ge=0)
+
+
+class ModelConfig(Strict):
+    """A named model instance: a zoo architecture, optionally initialised from a checkpoint."""
+
+    arch: str
+    checkpoint: str | None = None

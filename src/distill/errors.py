@@ -1,0 +1,39 @@
+"""Errors a user can act on.
+
+Every error that the command line turns into exit code 2 and a one-line message derives from
+:class:`DistillError`. Its message names what was wrong, the value given and what would be right.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class DistillError(Exception):
+    """A problem with the user's input (recipe, data, checkpoint, arguments)."""
+
+
+class ConfigError(DistillError, ValueError):
+    """An invalid recipe field or argument."""
+
+
+class DataError(DistillError):
+    """Missing or malformed data."""
+
+
+class CheckpointError(DistillError):
+    """A checkpoint that is missing, truncated or belongs to another model."""
+
+
+def closest(name: str, candidates: Iterable[str], n: int = 3) -> list[str]:
+    """The candidates closest to ``name`` (for "did you mean" hints)."""
+    candidates = list(candidates)
+    found = difflib.get_close_matches(name, candidates, n=n, cutoff=0.5)
+    return found
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """A hint like ``" (did you mean 'resnet20'?)"``, or an empty string."""
+    found = closest(name, candidates, n=1)
+    return f" (did you mean {found[0]!r}?)" if found else ""

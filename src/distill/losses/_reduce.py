@@ -1,0 +1,22 @@
+"""Shared reductions for the losses."""
+
+from __future__ import annotations
+
+import torch
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean of ``values`` over all positions, or over those where ``mask`` is true.
+
+    ``mask`` must have the shape of ``values``. An all-false mask gives 0 (not NaN), so a
+    batch with no valid position contributes nothing.
+    """
+    if mask is None:
+        return values.mean()
+    if mask.shape != values.shape:
+        raise ValueError(
+            f"mask shape {tuple(mask.shape)} must equal the logits' shape without the class "
+            f"dimension, {tuple(values.shape)}"
+        )
+    weights = mask.to(values.dtype)
+    return (values * weights).sum() / weights.sum().clamp_min(1.0)

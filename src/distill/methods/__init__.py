@@ -1,0 +1,29 @@
+"""Distillation methods, one file each, all with the :class:`Distiller` contract.
+
+``METHODS`` is the registry of recipe stage methods: a plain dict from the name used in a
+recipe's ``method:`` field to the stage class that validates the stage and builds its phases.
+"""
+
+from __future__ import annotations
+
+from .base import Distiller, Output, Phase, StageContext, StageSpec, freeze, logits_of
+from .kd import KD, KDStage
+from .supervised import Supervised, TrainStage
+
+METHODS: dict[str, type[StageSpec]] = {
+    "train": TrainStage,
+    "kd": KDStage,
+}
+
+__all__ = [
+    "METHODS",
+    "KD",
+    "Distiller",
+    "Output",
+    "Phase",
+    "StageContext",
+    "StageSpec",
+    "Supervised",
+    "freeze",
+    "logits_of",
+]

@@ -1,0 +1,410 @@
+"""Run a recipe: ordered stages, each made of phases, handing trained models to later stages.
+
+Layout of a run directory (``--out DIR``)::
+
+    recipe.yaml        the recipe as run (after --set overrides)
+    progress.json      which phases are finished, with their histories (resume state)
+    metrics.jsonl      one line per epoch per stage phase per evaluated model
+    summary.json       final results (see DESIGN.md)
+    report.md, *.png   tables and plots
+    checkpoints/
+      <model>.pt                      each trained model, written when its stage ends
+      <stage>/<phase>/epoch_NNNN.pt   epoch checkpoints of the running phase
+      <stage>/<phase>/final.pt        weights of the models a finished phase trained
+
+Each phase's epoch checkpoints are removed once its ``final.pt`` is on disk. A resumed run
+replays finished phases from their ``final.pt`` and continues the unfinished one from its
+newest whole epoch checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from . import models as zoo
+from .checkpoint import (
+    atomic_save,
+    atomic_write_json,
+    atomic_write_text,
+    load_model_weights,
+    safe_load,
+    save_model,
+)
+from .data import DataBundle, load_data
+from .errors import CheckpointError, ConfigError, DistillError
+from .methods import Phase, StageContext
+from .recipe import Recipe
+from .trainer import Trainer, derive_seed, evaluate, get_accelerator, seed_everything
+
+PROGRESS_FORMAT = "distill-progress/1"
+
+
+class Pipeline:
+    """Runs a :class:`~distill.recipe.Recipe` into an output directory.
+
+    Args:
+        recipe: the validated recipe.
+        out_dir: the run directory.
+        resume: continue a run interrupted in ``out_dir``.
+        data: a :class:`~distill.data.DataBundle` to use instead of ``recipe.data`` (for users'
+            own datasets through the Python API).
+        progress: show progress bars and per-epoch lines.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        log: where one-line messages go (default ``print``).
+    """
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        out_dir: str | os.PathLike,
+        *,
+        resume: bool = False,
+        data: DataBundle | None = None,
+        progress: bool = True,
+        device: str = "auto",
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.recipe = recipe
+        self.out = Path(out_dir)
+        self.resume = resume
+        self.bundle = data
+        self.progress = progress
+        self.device = device
+        self.accelerator = get_accelerator(device)
+        self.log = log or (print if self.accelerator.is_main_process else (lambda _msg: None))
+        self.models: dict[str, nn.Module] = {}
+        self.stage_names = recipe.stage_names()
+        self.state: dict[str, Any] = {}
+        self.metrics: list[dict[str, Any]] = []
+
+    # -- setup ---------------------------------------------------------------------------
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def _prepare_out_dir(self) -> None:
+        """Refuse to mix two recipes' outputs, or to overwrite a run without ``--resume``."""
+        progress_path = self.out / "progress.json"
+        fingerprint = self.recipe.fingerprint()
+        if self.out.exists() and not self.out.is_dir():
+            raise ConfigError(f"--out {self.out}: exists and is not a directory")
+        if progress_path.is_file():
+            try:
+                state = json.loads(progress_path.read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                raise DistillError(f"{progress_path} is damaged ({exc}); move it away") from None
+            if state.get("fingerprint") != fingerprint:
+                raise ConfigError(
+                    f"--out {self.out}: holds the outputs of a different recipe "
+                    f"({state.get('source')}); choose another --out directory (or delete "
+                    "this one) so they are not overwritten"
+                )
+            if not self.resume:
+                raise ConfigError(
+                    f"--out {self.out}: already holds a run of this recipe; pass --resume to "
+                    "continue it, or choose another --out directory"
+                )
+            self.state = state
+        else:
+            if self.out.is_dir() and (self.out / "summary.json").exists():
+                raise ConfigError(
+                    f"--out {self.out}: holds the outputs of another run; choose another --out"
+                )
+            self.state = {
+                "format": PROGRESS_FORMAT,
+                "fingerprint": fingerprint,
+                "source": self.recipe.source,
+                "phases": {},
+            }
+        if self.is_main:
+            try:
+                (self.out / "checkpoints").mkdir(parents=True, exist_ok=True)
+                probe = self.out / ".write-test"
+                probe.write_text("ok")
+                probe.unlink()
+            except OSError as exc:
+                raise ConfigError(
+                    f"--out {self.out}: cannot write there ({exc.strerror}); choose a writable "
+                    "directory"
+                ) from None
+            atomic_write_text(
+                self.out / "recipe.yaml", yaml.safe_dump(self.recipe.raw, sort_keys=False)
+            )
+            self._save_state()
+
+    def _save_state(self) -> None:
+        if self.is_main:
+            atomic_write_json(self.out / "progress.json", self.state)
+
+    def _load_data(self) -> DataBundle:
+        if self.bundle is None:
+            d = self.recipe.data
+            self.bundle = load_data(
+                d.name,
+                dir=d.dir,
+                subset=d.subset,
+                val_fraction=d.val_fraction,
+                seed=self.recipe.seed,
+                augment=d.augment,
+            )
+        return self.bundle
+
+    def _build_models(self, bundle: DataBundle) -> None:
+        for name, spec in self.recipe.models.items():
+            torch.manual_seed(derive_seed(self.recipe.seed, "model", name))
+            try:
+                model = zoo.create(spec.arch, num_classes=bundle.num_classes,
+                                   in_channels=bundle.in_channels)
+            except ConfigError as exc:
+                raise ConfigError(f"models.{name}.arch: {exc}") from None
+            if spec.checkpoint:
+                try:
+                    load_model_weights(model, spec.checkpoint, name=name)
+                except CheckpointError as exc:
+                    raise CheckpointError(f"models.{name}.checkpoint: {exc}") from None
+            self.models[name] = model
+
+    # -- running -------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        """Run every stage (skipping finished phases when resuming); return the summary."""
+        self._prepare_out_dir()
+        bundle = self._load_data()
+        self._build_models(bundle)
+        sample_inputs = torch.stack([bundle.train[i][0] for i in range(min(8, len(bundle.train)))])
+        ctx = StageContext(
+            models=self.models,
+            sample_inputs=sample_inputs,
+            num_classes=bundle.num_classes,
+            seed=self.recipe.seed,
+        )
+        stage_results = []
+        for index, (spec, stage_name) in enumerate(
+            zip(self.recipe.stages, self.stage_names, strict=True)
+        ):
+            phases = spec.phases(ctx)
+            stage_seconds = 0.0
+            phase_results = []
+            for phase in phases:
+                record = self._run_phase(index, stage_name, spec.method, phase, bundle)
+                stage_seconds += record["seconds"]
+                phase_results.append(record)
+            if self.is_main:
+                for name in spec.produces():
+                    save_model(
+                        self.models[name],
+                        self.out / "checkpoints" / f"{name}.pt",
+                        num_classes=bundle.num_classes,
+                        in_channels=bundle.in_channels,
+                        stage=stage_name,
+                    )
+            final_val = {}
+            for record in phase_results:
+                if record["history"]:
+                    final_val.update(
+                        {m: v["accuracy"] for m, v in record["history"][-1]["val"].items()}
+                    )
+            stage_results.append(
+                {
+                    "name": stage_name,
+                    "method": spec.method,
+                    "models": spec.produces(),
+                    "teachers": spec.uses(),
+                    "epochs": sum(len(r["history"]) for r in phase_results),
+                    "seconds": round(stage_seconds, 2),
+                    "val_accuracy": final_val,
+                    "phases": [
+                        {"name": r["phase"], "epochs": len(r["history"]),
+                         "seconds": round(r["seconds"], 2), "models": r["models"]}
+                        for r in phase_results
+                    ],
+                    **spec.summary_fields(),
+                }
+            )
+        summary = self._summarise(bundle, stage_results)
+        if self.is_main:
+            atomic_write_json(self.out / "summary.json", summary)
+            from .report import write_report
+
+            write_report(self.out, summary, self._read_metrics())
+        return summary
+
+    def _phase_dir(self, stage_name: str, phase: Phase) -> Path:
+        return self.out / "checkpoints" / stage_name / phase.name
+
+    def _run_phase(
+        self, index: int, stage_name: str, method_name: str, phase: Phase, bundle: DataBundle
+    ) -> dict[str, Any]:
+        key = f"{stage_name}/{phase.name}"
+        phase_dir = self._phase_dir(stage_name, phase)
+        done = self.state["phases"].get(key)
+        if done is not None:
+            final = safe_load(phase_dir / "final.pt")
+            for name in phase.trains:
+                self.models[name].load_state_dict(final["models"][name])
+            self.log(f"[{stage_name}] {phase.name}: already finished, weights restored")
+            return {"phase": phase.name, "models": phase.trains, **done}
+
+        # Seeded so that adapters a method creates are the same in a resumed run.
+        seed_everything(derive_seed(self.recipe.seed, index, stage_name, phase.name, "build"))
+        method = phase.build()
+        data = self.recipe.data
+        resuming = self.resume and any(phase_dir.glob("epoch_*.pt"))
+        self._truncate_metrics(key, phase_dir if resuming else None)
+
+        def on_epoch_end(record: dict[str, Any]) -> None:
+            self._append_metrics(stage_name, phase.name, method_name, record)
+
+        trainer = Trainer(
+            phase.train,
+            batch_size=data.batch_size,
+            eval_batch_size=data.eval_batch_size,
+            num_workers=data.num_workers,
+            seed=derive_seed(self.recipe.seed, index, stage_name, phase.name),
+            checkpoint_dir=phase_dir,
+            on_epoch_end=on_epoch_end,
+            progress=self.progress,
+            desc=f"[{stage_name}] {phase.name}",
+            device=self.device,
+        )
+        eval_models = {name: self.models[name] for name in phase.trains}
+        started = time.perf_counter()
+        result = trainer.fit(method, bundle.train, bundle.val, eval_models, resume=resuming)
+        if phase.after is not None:
+            phase.after(method)
+        record = {"history": result.history, "seconds": result.seconds}
+        if self.is_main:
+            atomic_save(
+                {"models": {n: self.models[n].state_dict() for n in phase.trains}},
+                phase_dir / "final.pt",
+            )
+            self.state["phases"][key] = record
+            self._save_state()
+            for path in phase_dir.glob("epoch_*.pt"):
+                path.unlink(missing_ok=True)
+        self.accelerator.wait_for_everyone()
+        self.log(
+            f"[{stage_name}] {phase.name}: done in {time.perf_counter() - started:.1f} s"
+        )
+        return {"phase": phase.name, "models": phase.trains, **record}
+
+    # -- metrics -------------------------------------------------------------------------
+
+    def _append_metrics(
+        self, stage: str, phase: str, method: str, record: dict[str, Any]
+    ) -> None:
+        if not self.is_main:
+            return
+        lines = []
+        for model, val in (record["val"] or {"": {}}).items():
+            line = {
+                "stage": stage,
+                "phase": phase,
+                "method": method,
+                "epoch": record["epoch"],
+                "model": model or None,
+                "train": record["train"],
+                "val_loss": val.get("loss"),
+                "val_accuracy": val.get("accuracy"),
+                "seconds": record["seconds"],
+                "lr": record["lr"],
+            }
+            lines.append(json.dumps(line))
+        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+            f.flush()
+
+    def _read_metrics(self) -> list[dict[str, Any]]:
+        path = self.out / "metrics.jsonl"
+        if not path.is_file():
+            return []
+        records = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut by a crash
+        return records
+
+    def _truncate_metrics(self, key: str, phase_dir: Path | None) -> None:
+        """Drop metric lines that a resumed phase will write again (epochs after its newest
+        checkpoint, or all of them when it starts over)."""
+        if not self.is_main:
+            return
+        keep_until = 0
+        if phase_dir is not None:
+            newest = sorted(phase_dir.glob("epoch_*.pt"))
+            if newest:
+                keep_until = int(newest[-1].stem.split("_")[1])
+        stage, phase = key.split("/", 1)
+        kept = [
+            r for r in self._read_metrics()
+            if not (r.get("stage") == stage and r.get("phase") == phase and r["epoch"] > keep_until)
+        ]
+        atomic_write_text(
+            self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept)
+        )
+
+    # -- summary -------------------------------------------------------------------------
+
+    def _summarise(self, bundle: DataBundle, stages: list[dict[str, Any]]) -> dict[str, Any]:
+        trained_by: dict[str, str] = {}
+        seconds: dict[str, float] = {}
+        for stage in stages:
+            for name in stage["models"]:
+                trained_by[name] = stage["name"]
+                seconds[name] = seconds.get(name, 0.0) + stage["seconds"] / len(stage["models"])
+        batch = self.recipe.data.eval_batch_size or 2 * self.recipe.data.batch_size
+        models: dict[str, Any] = {}
+        for name, spec in self.recipe.models.items():
+            if name not in trained_by and not spec.checkpoint:
+                continue  # declared but never trained nor loaded: nothing to report
+            model = self.models[name]
+            entry: dict[str, Any] = {
+                "arch": spec.arch,
+                "params": zoo.count_parameters(model),
+                "trained_by": trained_by.get(name, "checkpoint"),
+                "seconds": round(seconds.get(name, 0.0), 2),
+                "val_accuracy": evaluate(model, bundle.val, batch_size=batch,
+                                         accelerator=self.accelerator)["accuracy"],
+            }
+            if bundle.test is not None:
+                entry["test_accuracy"] = evaluate(
+                    model, bundle.test, batch_size=batch, accelerator=self.accelerator
+                )["accuracy"]
+            models[name] = entry
+        return {
+            "recipe": self.recipe.source,
+            "seed": self.recipe.seed,
+            "data": {
+                "name": bundle.name,
+                "train": len(bundle.train),
+                "val": len(bundle.val),
+                **({"test": len(bundle.test)} if bundle.test is not None else {}),
+            },
+            "models": models,
+            "stages": stages,
+        }
+
+
+def run_recipe(
+    recipe: Recipe, out_dir: str | os.PathLike, *, resume: bool = False, **kwargs: Any
+) -> dict[str, Any]:
+    """Run ``recipe`` into ``out_dir`` and return the summary (see :class:`Pipeline`)."""
+    return Pipeline(recipe, out_dir, resume=resume, **kwargs).run()
+
+
+def remove_run(out_dir: str | os.PathLike) -> None:
+    """Delete a run directory (used by tests and the demo's ``--force``)."""
+    shutil.rmtree(out_dir, ignore_errors=True)

@@ -1,0 +1,135 @@
+"""Human-readable outputs of a run: the results table, ``report.md`` and PNG plots."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import atomic_write_text
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.2f}%"
+
+
+def results_table(summary: dict[str, Any], markdown: bool = False) -> str:
+    """The per-model table: name, architecture, parameters, accuracies, training seconds."""
+    has_test = any("test_accuracy" in m for m in summary["models"].values())
+    header = ["model", "arch", "params", "val acc"] + (["test acc"] if has_test else [])
+    header += ["trained by", "seconds"]
+    rows = []
+    for name, m in summary["models"].items():
+        row = [name, m["arch"], f"{m['params']:,}", _pct(m.get("val_accuracy"))]
+        if has_test:
+            row.append(_pct(m.get("test_accuracy")))
+        row += [m.get("trained_by", ""), f"{m.get('seconds', 0.0):.1f}"]
+        rows.append(row)
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join(lines)
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+    numeric = {2, 3, 4, len(header) - 1}
+    def fmt(row: list[str]) -> str:
+        return "  ".join(
+            c.rjust(w) if i in numeric else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([fmt(header), rule, *(fmt(r) for r in rows)])
+
+
+def _curves(metrics: list[dict[str, Any]]) -> dict[str, list[tuple[int, float]]]:
+    """Validation accuracy per model over the run, one point per epoch (x counts epochs
+    of every stage that trained the model, in order)."""
+    curves: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for rec in metrics:
+        if rec.get("model") and rec.get("val_accuracy") is not None:
+            points = curves[rec["model"]]
+            points.append((len(points) + 1, rec["val_accuracy"]))
+    return curves
+
+
+def write_plots(out: Path, summary: dict[str, Any], metrics: list[dict[str, Any]]) -> list[str]:
+    """Write ``val_accuracy.png`` (per epoch per model) and ``final_accuracy.png``; return
+    the file names written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    curves = _curves(metrics)
+    if curves:
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        for name, points in curves.items():
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, [100 * y for y in ys], marker="o", markersize=3, label=name)
+        ax.set_xlabel("epoch (of the stages that trained the model)")
+        ax.set_ylabel("validation accuracy (%)")
+        ax.set_title("Validation accuracy per epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "val_accuracy.png", dpi=110)
+        plt.close(fig)
+        written.append("val_accuracy.png")
+    names = list(summary["models"])
+    if names:
+        key = "test_accuracy" if all("test_accuracy" in m for m in summary["models"].values()) \
+            else "val_accuracy"
+        values = [100 * summary["models"][n][key] for n in names]
+        fig, ax = plt.subplots(figsize=(max(4.5, 1.2 * len(names) + 2), 4.2))
+        bars = ax.bar(names, values, color="#4c72b0")
+        for bar, value in zip(bars, values, strict=True):
+            ax.annotate(f"{value:.2f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                        ha="center", va="bottom", fontsize=9)
+        low = min(values)
+        ax.set_ylim(max(0.0, low - max(5.0, (max(values) - low) * 2)), 100)
+        ax.set_ylabel(f"{key.replace('_', ' ')} (%)")
+        ax.set_title("Final accuracy per model")
+        fig.tight_layout()
+        fig.savefig(out / "final_accuracy.png", dpi=110)
+        plt.close(fig)
+        written.append("final_accuracy.png")
+    return written
+
+
+def write_report(out: str | Path, summary: dict[str, Any], metrics: list[dict[str, Any]]) -> None:
+    """Write ``report.md`` and the plots into the run directory ``out``."""
+    out = Path(out)
+    plots = write_plots(out, summary, metrics)
+    data = summary["data"]
+    split = f"{data['train']} train / {data['val']} validation"
+    if "test" in data:
+        split += f" / {data['test']} test"
+    lines = [
+        "# distill run report",
+        "",
+        f"Recipe: `{summary['recipe']}` · seed {summary.get('seed', 0)} · data: "
+        f"{data['name']} ({split})",
+        "",
+        "## Models",
+        "",
+        results_table(summary, markdown=True),
+        "",
+        "Accuracies are top-1 on the validation split carved from the training data"
+        + ("; test accuracy is on the official test split, measured once at the end." if
+           "test" in data else "."),
+        "",
+        "## Stages",
+        "",
+        "| # | stage | method | trains | teachers | epochs | seconds | val acc |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for i, stage in enumerate(summary["stages"]):
+        accs = ", ".join(f"{k} {_pct(v)}" for k, v in stage["val_accuracy"].items())
+        lines.append(
+            f"| {i} | {stage['name']} | {stage['method']} | {', '.join(stage['models'])} | "
+            f"{', '.join(stage.get('teachers', [])) or '—'} | {stage['epochs']} | "
+            f"{stage['seconds']:.1f} | {accs} |"
+        )
+    for plot in plots:
+        lines += ["", f"![{plot}]({plot})"]
+    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")

@@ -1,0 +1,461 @@
+"""The training loop, on Hugging Face Accelerate.
+
+The trainer runs one :class:`~distill.methods.Phase`: it builds the optimizer and schedule,
+iterates over the data, evaluates the trained models every epoch and writes a crash-safe
+checkpoint at each epoch end. It knows nothing about which method it runs: it only calls
+``method(inputs, targets).loss``.
+
+Reproducibility: every epoch reseeds all RNGs from ``(seed, epoch)`` and the data order is a
+permutation drawn from the same pair, so a run resumed from an epoch checkpoint follows exactly
+the path of an uninterrupted one (on CPU; GPU kernels may add their own nondeterminism).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
+
+from .checkpoint import atomic_save, rng_state, safe_load, set_rng_state
+from .config import OptimizerConfig, ScheduleConfig, TrainConfig
+from .errors import CheckpointError, ConfigError, DistillError
+from .methods.base import Distiller, logits_of
+
+EPOCH_FORMAT = "distill-epoch/1"
+
+
+class NonFiniteLossError(DistillError):
+    """The loss became NaN or infinite."""
+
+
+def derive_seed(*parts: Any) -> int:
+    """A 31-bit seed derived from any printable parts (stable across runs and machines)."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class EpochSampler(Sampler[int]):
+    """A shuffled order of ``n`` indices that depends only on ``(seed, epoch)``."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True) -> None:
+        self.n = n
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        if not self.shuffle:
+            return iter(range(self.n))
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, "order", self.epoch))
+        return iter(torch.randperm(self.n, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+_ACCELERATORS: dict[bool, Accelerator] = {}
+
+
+def get_accelerator(device: str = "auto") -> Accelerator:
+    """The process's Accelerator (one per process; ``device`` is ``auto``, ``cpu`` or
+    ``cuda``)."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"device must be one of auto, cpu, cuda; got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for but no CUDA GPU is available; use auto")
+    cpu = device == "cpu"
+    if cpu not in _ACCELERATORS:
+        _ACCELERATORS[cpu] = Accelerator(cpu=cpu)
+    return _ACCELERATORS[cpu]
+
+
+# --- optimizers and schedules: one registry each ---------------------------------------------
+
+
+def _sgd(params: list[nn.Parameter], c: OptimizerConfig) -> torch.optim.Optimizer:
+    return torch.optim.SGD(
+        params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay, nesterov=c.nesterov
+    )
+
+
+def _adamw(params: list[nn.Parameter], c: OptimizerConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=c.lr, betas=c.betas, weight_decay=c.weight_decay)
+
+
+def _adam(params: list[nn.Parameter], c: OptimizerConfig) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=c.lr, betas=c.betas, weight_decay=c.weight_decay)
+
+
+OPTIMIZERS: dict[str, Callable[[list[nn.Parameter], OptimizerConfig], torch.optim.Optimizer]] = {
+    "sgd": _sgd,
+    "adamw": _adamw,
+    "adam": _adam,
+}
+
+
+def _cosine(progress: float, c: ScheduleConfig) -> float:
+    return c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _step(epoch: float, c: ScheduleConfig) -> float:
+    if c.milestones:
+        return c.gamma ** sum(1 for m in c.milestones if epoch >= m)
+    return c.gamma ** int(epoch // c.step_size)
+
+
+def lr_factor(c: ScheduleConfig, step: int, steps_per_epoch: int, epochs: int) -> float:
+    """Learning-rate multiplier after ``step`` optimizer steps (see :class:`ScheduleConfig`)."""
+    total = max(1, steps_per_epoch * epochs)
+    epoch = step / steps_per_epoch
+    if c.name == "onecycle":
+        warm = c.warmup_epochs * steps_per_epoch or 0.3 * total
+        low = 1.0 / c.div_factor
+        if step < warm:
+            return low + (1 - low) * step / warm
+        progress = min(1.0, (step - warm) / max(1.0, total - warm))
+        final = low / c.final_div_factor
+        return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * progress))
+    warm = c.warmup_epochs * steps_per_epoch
+    if step < warm:
+        return (step + 1) / (warm + 1)
+    if c.name == "cosine":
+        return _cosine(min(1.0, (step - warm) / max(1.0, total - warm)), c)
+    if c.name == "step":
+        return _step(epoch, c)
+    return 1.0
+
+
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, precision: str):  # noqa: ANN201 - a context manager
+    """Autocast context for ``precision`` (``fp32`` gives a no-op)."""
+    dtype = AUTOCAST_DTYPES[precision]
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    data: Dataset | DataLoader,
+    *,
+    batch_size: int = 256,
+    accelerator: Accelerator | None = None,
+    precision: str = "fp32",
+) -> dict[str, float]:
+    """Top-1 accuracy (a fraction in [0, 1]) and mean cross-entropy of ``model`` on ``data``.
+
+    Over several processes the predictions are gathered, so the numbers are those of the whole
+    dataset, not of one shard.
+    """
+    accelerator = accelerator or get_accelerator()
+    loader = data if isinstance(data, DataLoader) else DataLoader(data, batch_size=batch_size)
+    loader = accelerator.prepare_data_loader(loader, device_placement=True)
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    count = 0
+    for inputs, targets in loader:
+        with autocast(accelerator.device, precision):
+            logits = logits_of(model(inputs)).float()
+        losses = F.cross_entropy(logits, targets, reduction="none")
+        hits = (logits.argmax(dim=-1) == targets).double()
+        hits, losses = accelerator.gather_for_metrics((hits, losses.double()))
+        correct += hits.sum()
+        loss_sum += losses.sum()
+        count += hits.numel()
+    model.train(was_training)
+    if count == 0:
+        raise DistillError("cannot evaluate on an empty dataset")
+    return {"accuracy": float(correct / count), "loss": float(loss_sum / count)}
+
+
+@dataclass
+class FitResult:
+    """What :meth:`Trainer.fit` returns: one record per epoch, and the wall time."""
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def final_val(self) -> dict[str, dict[str, float]]:
+        return self.history[-1]["val"] if self.history else {}
+
+
+class Trainer:
+    """Trains a :class:`Distiller` for one phase.
+
+    Args:
+        config: epochs, optimizer, schedule, precision, accumulation, clipping.
+        batch_size: per-process batch size.
+        seed: the phase's seed (data order and RNG of each epoch derive from it).
+        checkpoint_dir: where the epoch checkpoints go (``None``: no checkpoints).
+        on_epoch_end: called with each epoch's record after its checkpoint is on disk.
+        progress: show a tqdm bar per epoch (main process only).
+        desc: the bar's label.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        eval_batch_size: batch size for validation (default: 2 × ``batch_size``).
+        num_workers: DataLoader worker processes.
+        keep_checkpoints: how many epoch checkpoints to keep (≥ 2 lets a damaged newest
+            checkpoint fall back to the one before).
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        *,
+        batch_size: int = 128,
+        seed: int = 0,
+        checkpoint_dir: str | Path | None = None,
+        on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+        progress: bool = True,
+        desc: str = "train",
+        device: str = "auto",
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        keep_checkpoints: int = 2,
+    ) -> None:
+        self.config = config
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or 2 * batch_size
+        self.seed = seed
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.on_epoch_end = on_epoch_end
+        self.progress = progress
+        self.desc = desc
+        self.accelerator = get_accelerator(device)
+        self.num_workers = num_workers
+        self.keep_checkpoints = max(1, keep_checkpoints)
+        if config.precision == "fp16" and self.accelerator.device.type == "cpu":
+            # CPU autocast to float16 works but is slow and gains nothing; say so instead.
+            raise ConfigError(
+                "precision 'fp16' needs a GPU; on CPU use 'bf16' or 'fp32' (train.precision)"
+            )
+
+    # -- checkpoints ---------------------------------------------------------------------
+
+    def _checkpoint_path(self, epoch: int) -> Path:
+        assert self.checkpoint_dir is not None
+        return self.checkpoint_dir / f"epoch_{epoch:04d}.pt"
+
+    def checkpoints(self) -> list[Path]:
+        """Epoch checkpoints on disk, newest first."""
+        if self.checkpoint_dir is None or not self.checkpoint_dir.is_dir():
+            return []
+        return sorted(self.checkpoint_dir.glob("epoch_*.pt"), reverse=True)
+
+    def latest_checkpoint(self) -> dict[str, Any] | None:
+        """The newest whole epoch checkpoint; a damaged one is reported and skipped."""
+        for path in self.checkpoints():
+            try:
+                state = safe_load(path)
+            except CheckpointError as exc:
+                tqdm.write(f"warning: {exc}; falling back to the previous checkpoint")
+                continue
+            if not isinstance(state, dict) or state.get("format") != EPOCH_FORMAT:
+                tqdm.write(f"warning: {path} is not an epoch checkpoint; skipped")
+                continue
+            return state
+        return None
+
+    def _save(self, epoch: int, state: dict[str, Any]) -> None:
+        if self.checkpoint_dir is None or not self.accelerator.is_main_process:
+            return
+        atomic_save(state, self._checkpoint_path(epoch))
+        for old in self.checkpoints()[self.keep_checkpoints :]:
+            old.unlink(missing_ok=True)
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def fit(
+        self,
+        method: Distiller,
+        train_data: Dataset,
+        val_data: Dataset | None,
+        eval_models: dict[str, nn.Module],
+        *,
+        resume: bool = False,
+    ) -> FitResult:
+        """Train ``method`` for ``config.epochs`` epochs, evaluating ``eval_models`` on
+        ``val_data`` after each. With ``resume=True`` it continues from the newest epoch
+        checkpoint in ``checkpoint_dir`` (and returns at once if that one is the last)."""
+        cfg = self.config
+        acc = self.accelerator
+        device = acc.device
+        if len(train_data) == 0:
+            raise DistillError("the training set is empty")
+        method.to(device)
+
+        sampler = EpochSampler(len(train_data), self.seed)
+        loader = DataLoader(
+            train_data,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            pin_memory=device.type == "cuda",
+            persistent_workers=self.num_workers > 0,
+        )
+        loader = acc.prepare_data_loader(loader)
+        val_loader = None
+        if val_data is not None:
+            val_loader = DataLoader(val_data, batch_size=self.eval_batch_size)
+
+        params = list(method.trainable_parameters())
+        if not params:
+            raise DistillError("the method has no trainable parameters")
+        optimizer = OPTIMIZERS[cfg.optimizer.name](params, cfg.optimizer)
+        batches = len(loader)
+        steps_per_epoch = math.ceil(batches / cfg.grad_accum_steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda step: lr_factor(cfg.schedule, step, steps_per_epoch, cfg.epochs),
+        )
+        scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+
+        result = FitResult()
+        start_epoch = 0
+        if resume:
+            state = self.latest_checkpoint()
+            if state is not None:
+                method.load_trainable_state_dict(state["method"])
+                optimizer.load_state_dict(state["optimizer"])
+                scheduler.load_state_dict(state["scheduler"])
+                scaler.load_state_dict(state["scaler"])
+                set_rng_state(state["rng"])
+                start_epoch = int(state["epoch"])
+                result.history = list(state["history"])
+                result.seconds = float(state["seconds"])
+
+        bad_steps = 0
+        for epoch in range(start_epoch, cfg.epochs):
+            seed_everything(derive_seed(self.seed, "epoch", epoch))
+            sampler.set_epoch(epoch)
+            method.train()
+            started = time.perf_counter()
+            sums: dict[str, float] = {}
+            seen = 0
+            bar = tqdm(
+                total=batches,
+                desc=f"{self.desc} {epoch + 1}/{cfg.epochs}",
+                disable=not (self.progress and acc.is_main_process),
+                leave=False,
+                dynamic_ncols=True,
+            )
+            optimizer.zero_grad(set_to_none=True)
+            for index, (inputs, targets) in enumerate(loader):
+                with autocast(device, cfg.precision):
+                    out = method(inputs, targets)
+                loss = out.loss
+                if not torch.isfinite(loss):
+                    bad_steps += 1
+                    parts = ", ".join(f"{k}={float(v):.4g}" for k, v in out.parts.items())
+                    if bad_steps > cfg.max_bad_steps:
+                        raise NonFiniteLossError(
+                            f"{self.desc}: the loss is {float(loss)} at epoch {epoch + 1}, "
+                            f"step {index + 1} (parts: {parts}). Likely causes: a learning rate "
+                            f"too high (optimizer.lr={cfg.optimizer.lr}), an extreme "
+                            "temperature, or fp16 overflow (try bf16). The last whole "
+                            "checkpoint is kept; set train.max_bad_steps to skip a few bad "
+                            "steps instead."
+                        )
+                    optimizer.zero_grad(set_to_none=True)
+                    continue
+                scaler.scale(loss / cfg.grad_accum_steps).backward()
+                last = index + 1 == batches
+                if (index + 1) % cfg.grad_accum_steps == 0 or last:
+                    if cfg.clip_grad_norm is not None:
+                        scaler.unscale_(optimizer)
+                        torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad_norm)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    optimizer.zero_grad(set_to_none=True)
+                    scheduler.step()
+                n = targets.shape[0]
+                seen += n
+                sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) * n
+                for key, value in out.parts.items():
+                    sums[key] = sums.get(key, 0.0) + float(value) * n
+                elapsed = time.perf_counter() - started
+                bar.set_postfix(
+                    {k: f"{v / seen:.4f}" for k, v in sums.items()}
+                    | {"img/s": f"{seen / max(elapsed, 1e-9):.0f}"},
+                    refresh=False,
+                )
+                bar.update(1)
+            bar.close()
+            train_metrics = self._reduce(sums, seen)
+            val: dict[str, dict[str, float]] = {}
+            if val_loader is not None:
+                for name, model in eval_models.items():
+                    val[name] = evaluate(
+                        model, val_loader, accelerator=acc, precision=cfg.precision
+                    )
+            seconds = time.perf_counter() - started
+            result.seconds += seconds
+            record = {
+                "epoch": epoch + 1,
+                "train": train_metrics,
+                "val": val,
+                "seconds": round(seconds, 3),
+                "lr": optimizer.param_groups[0]["lr"],
+                "images": int(seen * acc.num_processes),
+            }
+            result.history.append(record)
+            self._save(
+                epoch + 1,
+                {
+                    "format": EPOCH_FORMAT,
+                    "epoch": epoch + 1,
+                    "method": {k: v.detach().cpu() for k, v in method.trainable_state_dict().items()},
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "rng": rng_state(),
+                    "history": result.history,
+                    "seconds": result.seconds,
+                },
+            )
+            if self.progress and acc.is_main_process:
+                shown = " ".join(f"{k} {v:.4f}" for k, v in train_metrics.items())
+                accs = " ".join(f"val_acc[{k}] {v['accuracy']:.4f}" for k, v in val.items())
+                tqdm.write(f"{self.desc} {epoch + 1}/{cfg.epochs}: {shown} {accs} ({seconds:.1f} s)")
+            if self.on_epoch_end is not None:
+                self.on_epoch_end(record)
+        return result
+
+    def _reduce(self, sums: dict[str, float], seen: int) -> dict[str, float]:
+        """Per-sample means of the loss parts, averaged over every process."""
+        keys = sorted(sums)
+        acc = self.accelerator
+        values = torch.tensor([sums[k] for k in keys] + [float(seen)], dtype=torch.float64)
+        if acc.num_processes > 1:
+            values = acc.reduce(values.to(acc.device), reduction="sum").cpu()
+        total = max(float(values[-1]), 1.0)
+        return {k: float(v) / total for k, v in zip(keys, values[:-1].tolist(), strict=True)}
