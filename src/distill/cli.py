@@ -38,8 +38,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         out = _fresh_dir(Path("runs") / Path(args.recipe).stem)
     else:
         out = Path(args.out)
-    pipeline = Pipeline(recipe, out, resume=args.resume, progress=not args.quiet,
-                        device=args.device)
+    pipeline = Pipeline(
+        recipe, out, resume=args.resume, progress=not args.quiet, device=args.device
+    )
     pipeline.log(f"distill {__version__}: running {args.recipe} into {out}")
     summary = pipeline.run()
     if pipeline.is_main:
@@ -59,8 +60,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     raw = demo_recipe(args.data, methods, data_dir=args.data_dir)
     recipe = parse_recipe(raw, overrides=args.set or [], source=f"demo ({args.data})")
     out = Path(args.out) if args.out else _fresh_dir(Path("runs") / f"demo-{args.data}")
-    pipeline = Pipeline(recipe, out, resume=args.resume, progress=not args.quiet,
-                        device=args.device)
+    pipeline = Pipeline(
+        recipe, out, resume=args.resume, progress=not args.quiet, device=args.device
+    )
     pipeline.log(
         f"distill {__version__} demo on {args.data}: teacher {raw['models']['teacher']['arch']}"
         f", students {raw['models']['student']['arch']}; writing {out}"
@@ -96,11 +98,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--out", help="run directory (default: a new folder under runs/)")
-        p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                       help="override a recipe field by dotted path, value in YAML syntax, "
-                       "e.g. --set train.epochs=2 --set stages.2.temperature=2 (repeatable)")
-        p.add_argument("--resume", action="store_true",
-                       help="continue the interrupted run in --out where it stopped")
+        p.add_argument(
+            "--set",
+            action="append",
+            metavar="KEY=VALUE",
+            help="override a recipe field by dotted path, value in YAML syntax, "
+            "e.g. --set train.epochs=2 --set stages.2.temperature=2 (repeatable)",
+        )
+        p.add_argument(
+            "--resume",
+            action="store_true",
+            help="continue the interrupted run in --out where it stopped",
+        )
         p.add_argument("--data-dir", help="directory holding the dataset files")
         p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
         p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
@@ -115,8 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="train a teacher, a student alone and a distilled student; print a table"
     )
     demo.add_argument("--data", default="digits", help="digits (default) or fashion-mnist")
-    demo.add_argument("--methods", default="kd",
-                      help="comma-separated methods to add, e.g. kd (default: kd)")
+    demo.add_argument(
+        "--methods", default="kd", help="comma-separated methods to add, e.g. kd (default: kd)"
+    )
     common(demo)
     demo.set_defaults(func=_cmd_demo)
 

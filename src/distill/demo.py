@@ -43,8 +43,13 @@ DEMO_SETTINGS: dict[str, dict[str, Any]] = {
 DEMO_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "kd": (
         "student_kd",
-        {"method": "kd", "teacher": "teacher", "student": "student_kd",
-         "temperature": 4.0, "alpha": 0.9},
+        {
+            "method": "kd",
+            "teacher": "teacher",
+            "student": "student_kd",
+            "temperature": 4.0,
+            "alpha": 0.9,
+        },
     ),
 }
 

@@ -164,8 +164,9 @@ class Pipeline:
         for name, spec in self.recipe.models.items():
             torch.manual_seed(derive_seed(self.recipe.seed, "model", name))
             try:
-                model = zoo.create(spec.arch, num_classes=bundle.num_classes,
-                                   in_channels=bundle.in_channels)
+                model = zoo.create(
+                    spec.arch, num_classes=bundle.num_classes, in_channels=bundle.in_channels
+                )
             except ConfigError as exc:
                 raise ConfigError(f"models.{name}.arch: {exc}") from None
             if spec.checkpoint:
@@ -225,8 +226,12 @@ class Pipeline:
                     "seconds": round(stage_seconds, 2),
                     "val_accuracy": final_val,
                     "phases": [
-                        {"name": r["phase"], "epochs": len(r["history"]),
-                         "seconds": round(r["seconds"], 2), "models": r["models"]}
+                        {
+                            "name": r["phase"],
+                            "epochs": len(r["history"]),
+                            "seconds": round(r["seconds"], 2),
+                            "models": r["models"],
+                        }
                         for r in phase_results
                     ],
                     **spec.summary_fields(),
@@ -294,16 +299,12 @@ class Pipeline:
             for path in phase_dir.glob("epoch_*.pt"):
                 path.unlink(missing_ok=True)
         self.accelerator.wait_for_everyone()
-        self.log(
-            f"[{stage_name}] {phase.name}: done in {time.perf_counter() - started:.1f} s"
-        )
+        self.log(f"[{stage_name}] {phase.name}: done in {time.perf_counter() - started:.1f} s")
         return {"phase": phase.name, "models": phase.trains, **record}
 
     # -- metrics -------------------------------------------------------------------------
 
-    def _append_metrics(
-        self, stage: str, phase: str, method: str, record: dict[str, Any]
-    ) -> None:
+    def _append_metrics(self, stage: str, phase: str, method: str, record: dict[str, Any]) -> None:
         if not self.is_main:
             return
         lines = []
@@ -349,12 +350,11 @@ class Pipeline:
                 keep_until = int(newest[-1].stem.split("_")[1])
         stage, phase = key.split("/", 1)
         kept = [
-            r for r in self._read_metrics()
+            r
+            for r in self._read_metrics()
             if not (r.get("stage") == stage and r.get("phase") == phase and r["epoch"] > keep_until)
         ]
-        atomic_write_text(
-            self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept)
-        )
+        atomic_write_text(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
 
     # -- summary -------------------------------------------------------------------------
 
@@ -376,8 +376,9 @@ class Pipeline:
                 "params": zoo.count_parameters(model),
                 "trained_by": trained_by.get(name, "checkpoint"),
                 "seconds": round(seconds.get(name, 0.0), 2),
-                "val_accuracy": evaluate(model, bundle.val, batch_size=batch,
-                                         accelerator=self.accelerator)["accuracy"],
+                "val_accuracy": evaluate(
+                    model, bundle.val, batch_size=batch, accelerator=self.accelerator
+                )["accuracy"],
             }
             if bundle.test is not None:
                 entry["test_accuracy"] = evaluate(

@@ -236,9 +236,7 @@ def parse_recipe(
             "stages: must be a non-empty list, e.g. [{method: train, model: teacher}]; got "
             f"{_format_value(stages_raw)}"
         )
-    stages = [
-        _parse_stage(i, stage, train_raw, models) for i, stage in enumerate(stages_raw)
-    ]
+    stages = [_parse_stage(i, stage, train_raw, models) for i, stage in enumerate(stages_raw)]
     recipe = Recipe(
         seed=seed, data=data, models=models, train=train, stages=stages, raw=raw, source=source
     )

@@ -31,11 +31,13 @@ def results_table(summary: dict[str, Any], markdown: bool = False) -> str:
         return "\n".join(lines)
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
     numeric = {2, 3, 4, len(header) - 1}
+
     def fmt(row: list[str]) -> str:
         return "  ".join(
             c.rjust(w) if i in numeric else c.ljust(w)
             for i, (c, w) in enumerate(zip(row, widths, strict=True))
         ).rstrip()
+
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([fmt(header), rule, *(fmt(r) for r in rows)])
 
@@ -77,14 +79,22 @@ def write_plots(out: Path, summary: dict[str, Any], metrics: list[dict[str, Any]
         written.append("val_accuracy.png")
     names = list(summary["models"])
     if names:
-        key = "test_accuracy" if all("test_accuracy" in m for m in summary["models"].values()) \
+        key = (
+            "test_accuracy"
+            if all("test_accuracy" in m for m in summary["models"].values())
             else "val_accuracy"
+        )
         values = [100 * summary["models"][n][key] for n in names]
         fig, ax = plt.subplots(figsize=(max(4.5, 1.2 * len(names) + 2), 4.2))
         bars = ax.bar(names, values, color="#4c72b0")
         for bar, value in zip(bars, values, strict=True):
-            ax.annotate(f"{value:.2f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                        ha="center", va="bottom", fontsize=9)
+            ax.annotate(
+                f"{value:.2f}",
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=9,
+            )
         low = min(values)
         ax.set_ylim(max(0.0, low - max(5.0, (max(values) - low) * 2)), 100)
         ax.set_ylabel(f"{key.replace('_', ' ')} (%)")
@@ -115,8 +125,11 @@ def write_report(out: str | Path, summary: dict[str, Any], metrics: list[dict[st
         results_table(summary, markdown=True),
         "",
         "Accuracies are top-1 on the validation split carved from the training data"
-        + ("; test accuracy is on the official test split, measured once at the end." if
-           "test" in data else "."),
+        + (
+            "; test accuracy is on the official test split, measured once at the end."
+            if "test" in data
+            else "."
+        ),
         "",
         "## Stages",
         "",

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from .checkpoint import atomic_save, rng_state, safe_load, set_rng_state
 from .config import OptimizerConfig, ScheduleConfig, TrainConfig
 from .errors import CheckpointError, ConfigError, DistillError
-from .methods.base import Distiller, logits_of
+from .methods.base import Distiller, Output, logits_of
 
 EPOCH_FORMAT = "distill-epoch/1"
 
@@ -327,16 +327,21 @@ class Trainer:
         if val_data is not None:
             val_loader = DataLoader(val_data, batch_size=self.eval_batch_size)
 
-        params = list(method.trainable_parameters())
-        if not params:
+        groups = {k: v for k, v in method.optimizer_groups().items() if v}
+        if not groups:
             raise DistillError("the method has no trainable parameters")
-        optimizer = OPTIMIZERS[cfg.optimizer.name](params, cfg.optimizer)
+        params = [p for group in groups.values() for p in group]
+        optimizers = {
+            k: OPTIMIZERS[cfg.optimizer.name](v, cfg.optimizer) for k, v in groups.items()
+        }
         batches = len(loader)
         steps_per_epoch = math.ceil(batches / cfg.grad_accum_steps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer,
-            lambda step: lr_factor(cfg.schedule, step, steps_per_epoch, cfg.epochs),
-        )
+        schedulers = {
+            k: torch.optim.lr_scheduler.LambdaLR(
+                opt, lambda step: lr_factor(cfg.schedule, step, steps_per_epoch, cfg.epochs)
+            )
+            for k, opt in optimizers.items()
+        }
         scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
 
         result = FitResult()
@@ -345,15 +350,47 @@ class Trainer:
             state = self.latest_checkpoint()
             if state is not None:
                 method.load_trainable_state_dict(state["method"])
-                optimizer.load_state_dict(state["optimizer"])
-                scheduler.load_state_dict(state["scheduler"])
+                for k, opt in optimizers.items():
+                    opt.load_state_dict(state["optimizers"][k])
+                    schedulers[k].load_state_dict(state["schedulers"][k])
                 scaler.load_state_dict(state["scaler"])
                 set_rng_state(state["rng"])
                 start_epoch = int(state["epoch"])
                 result.history = list(state["history"])
                 result.seconds = float(state["seconds"])
 
+        def optimizer_step(names: list[str], group_params: list[nn.Parameter]) -> None:
+            if cfg.clip_grad_norm is not None:
+                for name in names:
+                    scaler.unscale_(optimizers[name])
+                torch.nn.utils.clip_grad_norm_(group_params, cfg.clip_grad_norm)
+            for name in names:
+                scaler.step(optimizers[name])
+            scaler.update()
+            for name in names:
+                optimizers[name].zero_grad(set_to_none=True)
+                schedulers[name].step()
+
+        def check_finite(out: Output, epoch: int, index: int) -> bool:
+            nonlocal bad_steps
+            if torch.isfinite(out.loss):
+                return True
+            bad_steps += 1
+            parts = ", ".join(f"{k}={float(v):.4g}" for k, v in out.parts.items())
+            if bad_steps > cfg.max_bad_steps:
+                raise NonFiniteLossError(
+                    f"{self.desc}: the loss is {float(out.loss)} at epoch {epoch + 1}, "
+                    f"step {index + 1} (parts: {parts}). Likely causes: a learning rate "
+                    f"too high (optimizer.lr={cfg.optimizer.lr}), an extreme temperature, "
+                    "or fp16 overflow (try bf16). The last whole checkpoint is kept; set "
+                    "train.max_bad_steps to skip a few bad steps instead."
+                )
+            for opt in optimizers.values():
+                opt.zero_grad(set_to_none=True)
+            return False
+
         bad_steps = 0
+        all_groups = list(optimizers)
         for epoch in range(start_epoch, cfg.epochs):
             seed_everything(derive_seed(self.seed, "epoch", epoch))
             sampler.set_epoch(epoch)
@@ -368,43 +405,47 @@ class Trainer:
                 leave=False,
                 dynamic_ncols=True,
             )
-            optimizer.zero_grad(set_to_none=True)
+            for opt in optimizers.values():
+                opt.zero_grad(set_to_none=True)
             for index, (inputs, targets) in enumerate(loader):
+                outputs: list[Output] = []
                 with autocast(device, cfg.precision):
-                    out = method(inputs, targets)
-                loss = out.loss
-                if not torch.isfinite(loss):
-                    bad_steps += 1
-                    parts = ", ".join(f"{k}={float(v):.4g}" for k, v in out.parts.items())
-                    if bad_steps > cfg.max_bad_steps:
-                        raise NonFiniteLossError(
-                            f"{self.desc}: the loss is {float(loss)} at epoch {epoch + 1}, "
-                            f"step {index + 1} (parts: {parts}). Likely causes: a learning rate "
-                            f"too high (optimizer.lr={cfg.optimizer.lr}), an extreme "
-                            "temperature, or fp16 overflow (try bf16). The last whole "
-                            "checkpoint is kept; set train.max_bad_steps to skip a few bad "
-                            "steps instead."
+                    sequence = method.step_losses(inputs, targets)
+                if sequence is not None:
+                    if cfg.grad_accum_steps != 1:
+                        raise ConfigError(
+                            "grad_accum_steps must be 1 for a method that updates its models "
+                            f"one after another, got {cfg.grad_accum_steps}"
                         )
-                    optimizer.zero_grad(set_to_none=True)
-                    continue
-                scaler.scale(loss / cfg.grad_accum_steps).backward()
-                last = index + 1 == batches
-                if (index + 1) % cfg.grad_accum_steps == 0 or last:
-                    if cfg.clip_grad_norm is not None:
-                        scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad_norm)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    optimizer.zero_grad(set_to_none=True)
-                    scheduler.step()
+                    while True:
+                        with autocast(device, cfg.precision):
+                            item = next(sequence, None)
+                        if item is None:
+                            break
+                        name, out = item
+                        outputs.append(out)
+                        if not check_finite(out, epoch, index):
+                            continue
+                        scaler.scale(out.loss).backward()
+                        optimizer_step([name], groups[name])
+                else:
+                    with autocast(device, cfg.precision):
+                        out = method(inputs, targets)
+                    if not check_finite(out, epoch, index):
+                        continue
+                    outputs.append(out)
+                    scaler.scale(out.loss / cfg.grad_accum_steps).backward()
+                    if (index + 1) % cfg.grad_accum_steps == 0 or index + 1 == batches:
+                        optimizer_step(all_groups, params)
                 n = targets.shape[0]
                 seen += n
-                sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) * n
-                for key, value in out.parts.items():
-                    sums[key] = sums.get(key, 0.0) + float(value) * n
+                for out in outputs:
+                    sums["loss"] = sums.get("loss", 0.0) + float(out.loss.detach()) * n
+                    for key, value in out.parts.items():
+                        sums[key] = sums.get(key, 0.0) + float(value) * n
                 elapsed = time.perf_counter() - started
                 bar.set_postfix(
-                    {k: f"{v / seen:.4f}" for k, v in sums.items()}
+                    {k: f"{v / max(seen, 1):.4f}" for k, v in sums.items()}
                     | {"img/s": f"{seen / max(elapsed, 1e-9):.0f}"},
                     refresh=False,
                 )
@@ -424,7 +465,7 @@ class Trainer:
                 "train": train_metrics,
                 "val": val,
                 "seconds": round(seconds, 3),
-                "lr": optimizer.param_groups[0]["lr"],
+                "lr": optimizers[all_groups[0]].param_groups[0]["lr"],
                 "images": int(seen * acc.num_processes),
             }
             result.history.append(record)
@@ -433,9 +474,11 @@ class Trainer:
                 {
                     "format": EPOCH_FORMAT,
                     "epoch": epoch + 1,
-                    "method": {k: v.detach().cpu() for k, v in method.trainable_state_dict().items()},
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
+                    "method": {
+                        k: v.detach().cpu() for k, v in method.trainable_state_dict().items()
+                    },
+                    "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+                    "schedulers": {k: sc.state_dict() for k, sc in schedulers.items()},
                     "scaler": scaler.state_dict(),
                     "rng": rng_state(),
                     "history": result.history,
@@ -445,7 +488,9 @@ class Trainer:
             if self.progress and acc.is_main_process:
                 shown = " ".join(f"{k} {v:.4f}" for k, v in train_metrics.items())
                 accs = " ".join(f"val_acc[{k}] {v['accuracy']:.4f}" for k, v in val.items())
-                tqdm.write(f"{self.desc} {epoch + 1}/{cfg.epochs}: {shown} {accs} ({seconds:.1f} s)")
+                tqdm.write(
+                    f"{self.desc} {epoch + 1}/{cfg.epochs}: {shown} {accs} ({seconds:.1f} s)"
+                )
             if self.on_epoch_end is not None:
                 self.on_epoch_end(record)
         return result

@@ -19,8 +19,9 @@ def kd_loss(
     r"""Soft-label distillation loss.
 
     .. math::
-        \mathcal{L} = T^2 \cdot \mathrm{KL}\big(\mathrm{softmax}(t/T) \,\|\, \mathrm{softmax}(s/T)\big)
-                    = T^2 \sum_c p^t_c \,(\log p^t_c - \log p^s_c)
+        \mathcal{L} = T^2 \cdot \mathrm{KL}(p^t \| p^s)
+                    = T^2 \sum_c p^t_c \,(\log p^t_c - \log p^s_c),
+        \quad p^t = \mathrm{softmax}(t/T),\; p^s = \mathrm{softmax}(s/T)
 
     summed over the class dimension ``dim`` and averaged over every other position. The
     :math:`T^2` factor keeps the gradient's scale independent of ``T``.

@@ -97,6 +97,23 @@ class Distiller(nn.Module):
             if id(p) not in frozen and p.requires_grad:
                 yield p
 
+    def optimizer_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters by optimizer: the trainer gives each group its own optimizer and
+        schedule (a cohort method returns one group per member). Default: one group."""
+        return {"all": list(self.trainable_parameters())}
+
+    def step_losses(
+        self, inputs: torch.Tensor, targets: torch.Tensor
+    ) -> Iterator[tuple[str, Output]] | None:
+        """Optional: for methods that update their groups one after another within a step.
+
+        Return a generator yielding ``(group, output)``; the trainer back-propagates
+        ``output.loss`` and steps that group's optimizer before asking for the next item, so
+        later items see the updated weights. Return ``None`` (the default) to use
+        :meth:`forward` with one joint update.
+        """
+        return None
+
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """``state_dict()`` without the teachers' entries."""
         prefixes = tuple(f"{name}." for name in self.teacher_names)

@@ -61,8 +61,9 @@ class KD(Distiller):
         logits = logits_of(self.student(inputs))
         if logits.shape != teacher_logits.shape:
             raise ValueError(
-                f"teacher and student outputs differ in shape: teacher {tuple(teacher_logits.shape)}"
-                f", student {tuple(logits.shape)}; both must predict the same classes"
+                "teacher and student outputs differ in shape: teacher "
+                f"{tuple(teacher_logits.shape)}, student {tuple(logits.shape)}; both must "
+                "predict the same classes"
             )
         ce = F.cross_entropy(logits.float(), targets)
         soft = kd_loss(logits, teacher_logits, self.temperature)
