@@ -189,6 +189,7 @@ class Pipeline:
             sample_inputs=sample_inputs,
             num_classes=bundle.num_classes,
             seed=self.recipe.seed,
+            trained={n for n, m in self.recipe.models.items() if m.checkpoint},
         )
         stage_results = []
         for index, (spec, stage_name) in enumerate(
@@ -201,6 +202,7 @@ class Pipeline:
                 record = self._run_phase(index, stage_name, spec.method, phase, bundle)
                 stage_seconds += record["seconds"]
                 phase_results.append(record)
+            ctx.trained.update(spec.produces())
             if self.is_main:
                 for name in spec.produces():
                     save_model(

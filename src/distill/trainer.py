@@ -393,6 +393,9 @@ class Trainer:
         all_groups = list(optimizers)
         for epoch in range(start_epoch, cfg.epochs):
             seed_everything(derive_seed(self.seed, "epoch", epoch))
+            # Through the prepared loader: it re-applies its own epoch counter on every iter().
+            if hasattr(loader, "set_epoch"):
+                loader.set_epoch(epoch)
             sampler.set_epoch(epoch)
             method.train()
             started = time.perf_counter()

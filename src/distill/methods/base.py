@@ -138,12 +138,15 @@ class StageContext:
         sample_inputs: one batch of training inputs, for methods that size adapters by a probe.
         num_classes: classes of the data.
         seed: the recipe's seed.
+        trained: names of the models already trained by earlier stages or loaded from a
+            checkpoint when this stage starts (a method may skip retraining them).
     """
 
     models: dict[str, nn.Module]
     sample_inputs: torch.Tensor
     num_classes: int
     seed: int = 0
+    trained: set[str] = field(default_factory=set)
     extras: dict[str, Any] = field(default_factory=dict)
 
 
