@@ -13,6 +13,7 @@ from __future__ import annotations
 from .errors import CheckpointError, ConfigError, DataError, DistillError
 from .losses import kd_loss
 from .methods import KD, METHODS, Distiller, Output, Supervised
+from .trainer import evaluate
 
 __version__ = "0.1.0"
 
@@ -26,6 +27,7 @@ __all__ = [
     "DistillError",
     "Output",
     "Supervised",
+    "evaluate",
     "kd_loss",
     "__version__",
 ]
