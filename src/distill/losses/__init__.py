@@ -5,5 +5,6 @@ sums over the class dimension and averages over every other position.
 """
 
 from .kd import kd_loss
+from .mutual import mutual_loss, mutual_terms
 
-__all__ = ["kd_loss"]
+__all__ = ["kd_loss", "mutual_loss", "mutual_terms"]
