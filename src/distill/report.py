@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,133 @@ def write_plots(out: Path, summary: dict[str, Any], metrics: list[dict[str, Any]
     return written
 
 
+# --- per-method sections of report.md ----------------------------------------------------------
+
+
+def _baselines(summary: dict[str, Any]) -> dict[str, str]:
+    """Architecture -> the first model of that architecture trained alone (a ``train`` stage):
+    the "alone" baseline of the TAKD and DML sections."""
+    found: dict[str, str] = {}
+    for stage in summary["stages"]:
+        if stage["method"] != "train":
+            continue
+        for name in stage["models"]:
+            model = summary["models"].get(name)
+            if model is not None:
+                found.setdefault(model["arch"], name)
+    return found
+
+
+def _accuracy_cells(
+    summary: dict[str, Any], name: str | None, has_test: bool, stage: dict[str, Any] | None = None
+) -> list[str]:
+    """Validation (and test) accuracy of ``name``; validation as the stage left the model when
+    ``stage`` trained it (a later stage may train it further)."""
+    model = summary["models"].get(name) if name else None
+    if model is None:
+        return ["—"] * (2 if has_test else 1)
+    at_stage = (stage or {}).get("val_accuracy", {})
+    cells = [_pct(at_stage.get(name, model.get("val_accuracy")))]
+    if has_test:
+        cells.append(_pct(model.get("test_accuracy")))
+    return cells
+
+
+def _alone_cells(
+    summary: dict[str, Any], name: str, baselines: dict[str, str], has_test: bool
+) -> list[str]:
+    arch = summary["models"].get(name, {}).get("arch")
+    alone = baselines.get(arch) if arch else None
+    if alone is None or alone == name:
+        return ["—"] * (2 if has_test else 1)
+    cells = _accuracy_cells(summary, alone, has_test)
+    return [f"{cells[0]} ({alone})", *cells[1:]]
+
+
+_ALONE_NOTE = (
+    "*Alone*: a model of the same architecture trained by a `train` stage of this recipe (its "
+    "name in brackets); add such a stage to get this baseline."
+)
+
+
+def _takd_section(summary: dict[str, Any], stages: list[dict[str, Any]]) -> list[str]:
+    has_test = "test" in summary["data"]
+    baselines = _baselines(summary)
+    split = ["val", "test"] if has_test else ["val"]
+    header = ["link", "teacher → model", "arch", "T", "α"]
+    header += [f"after distillation ({s})" for s in split] + [f"alone ({s})" for s in split]
+    lines = ["", "## Teacher-assistant chains (TAKD)"]
+    for stage in stages:
+        chain = stage.get("chain", [])
+        lines += ["", f"Stage `{stage['name']}`: {' → '.join(chain)}", ""]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        start = chain[0] if chain else None
+        if start is not None:
+            arch = summary["models"].get(start, {}).get("arch", "")
+            row = ["start", start, arch, "—", "—"]
+            row += _accuracy_cells(summary, start, has_test)
+            row += _alone_cells(summary, start, baselines, has_test)
+            lines.append("| " + " | ".join(row) + " |")
+        for link in stage.get("links", []):
+            student = link["student"]
+            arch = summary["models"].get(student, {}).get("arch", "")
+            note = " (already trained: kept)" if link.get("skipped") else ""
+            row = [
+                link["phase"],
+                f"{link['teacher']} → {student}{note}",
+                arch,
+                f"{link['temperature']:g}",
+                f"{link['alpha']:g}",
+            ]
+            row += _accuracy_cells(summary, student, has_test, stage)
+            row += _alone_cells(summary, student, baselines, has_test)
+            lines.append("| " + " | ".join(row) + " |")
+    return [*lines, "", _ALONE_NOTE]
+
+
+def _dml_section(summary: dict[str, Any], stages: list[dict[str, Any]]) -> list[str]:
+    has_test = "test" in summary["data"]
+    baselines = _baselines(summary)
+    split = ["val", "test"] if has_test else ["val"]
+    header = ["model", "arch", "role"]
+    header += [f"in the cohort ({s})" for s in split] + [f"alone ({s})" for s in split]
+    lines = ["", "## Deep mutual learning (DML)"]
+    for stage in stages:
+        members = [(name, "learner") for name in stage.get("cohort", [])]
+        if stage.get("teacher"):
+            members.append((stage["teacher"], "fixed teacher"))
+        lines += [
+            "",
+            f"Stage `{stage['name']}`: {len(members)} members, T = {stage.get('temperature', 1):g}"
+            f", {stage.get('update', 'joint')} updates",
+            "",
+        ]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for name, role in members:
+            arch = summary["models"].get(name, {}).get("arch", "")
+            row = [name, arch, role, *_accuracy_cells(summary, name, has_test, stage)]
+            row += _alone_cells(summary, name, baselines, has_test)
+            lines.append("| " + " | ".join(row) + " |")
+    return [*lines, "", _ALONE_NOTE]
+
+
+#: Stage method -> writer of its report.md section (given the summary and that method's stages).
+METHOD_SECTIONS: dict[str, Callable[[dict[str, Any], list[dict[str, Any]]], list[str]]] = {
+    "takd": _takd_section,
+    "dml": _dml_section,
+}
+
+
+def method_sections(summary: dict[str, Any]) -> list[str]:
+    """The report.md sections of the methods that have one, for the stages that ran them."""
+    lines: list[str] = []
+    for method, section in METHOD_SECTIONS.items():
+        stages = [s for s in summary["stages"] if s["method"] == method]
+        if stages:
+            lines += section(summary, stages)
+    return lines
+
+
 def write_report(out: str | Path, summary: dict[str, Any], metrics: list[dict[str, Any]]) -> None:
     """Write ``report.md`` and the plots into the run directory ``out``."""
     out = Path(out)
@@ -143,6 +271,7 @@ def write_report(out: str | Path, summary: dict[str, Any], metrics: list[dict[st
             f"{', '.join(stage.get('teachers', [])) or '—'} | {stage['epochs']} | "
             f"{stage['seconds']:.1f} | {accs} |"
         )
+    lines += method_sections(summary)
     for plot in plots:
         lines += ["", f"![{plot}]({plot})"]
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
