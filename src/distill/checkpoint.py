@@ -124,6 +124,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_model(model: nn.Module, path: str | os.PathLike, **meta: Any) -> None:
     """Save a model's weights with what is needed to rebuild it (``arch``, classes, channels)."""
+    if "num_classes" not in meta:
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        meta["num_classes"] = linears[-1].out_features if linears else None
     payload = {
         "format": MODEL_FORMAT,
         "arch": getattr(model, "arch", type(model).__name__),
@@ -133,14 +136,28 @@ def save_model(model: nn.Module, path: str | os.PathLike, **meta: Any) -> None:
     atomic_save(payload, path)
 
 
-def load_model_weights(model: nn.Module, path: str | os.PathLike, *, name: str = "model") -> None:
+def load_model_weights(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    name: str = "model",
+    num_classes: int | None = None,
+) -> None:
     """Load weights saved by :func:`save_model` (or a plain state dict) into ``model``.
 
     Raises:
-        CheckpointError: the file is missing or damaged, or holds another architecture.
+        CheckpointError: the file is missing or damaged, holds another architecture, or was
+            trained for another number of classes than ``num_classes``.
     """
     payload = safe_load(path)
     if isinstance(payload, dict) and payload.get("format") == MODEL_FORMAT:
+        saved_classes = payload.get("num_classes")
+        if num_classes is not None and saved_classes is not None and saved_classes != num_classes:
+            raise CheckpointError(
+                f"checkpoint {path} was trained for {saved_classes} classes but the data has "
+                f"{num_classes}; {name} must predict the same classes as the data (and as the "
+                "models it teaches)"
+            )
         arch = getattr(model, "arch", None)
         if arch is not None and payload.get("arch") != arch:
             raise CheckpointError(

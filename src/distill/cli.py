@@ -7,6 +7,7 @@ reported in one line without a traceback (``--debug`` shows it); 130 interrupted
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import traceback
 from collections.abc import Sequence
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import DistillError
+from .trainer import TrainingInterrupted
 
 
 def _fresh_dir(base: Path) -> Path:
@@ -60,6 +62,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     raw = demo_recipe(args.data, methods, data_dir=args.data_dir)
     recipe = parse_recipe(raw, overrides=args.set or [], source=f"demo ({args.data})")
     out = Path(args.out) if args.out else _fresh_dir(Path("runs") / f"demo-{args.data}")
+    args.resolved_out = str(out)
     pipeline = Pipeline(
         recipe, out, resume=args.resume, progress=not args.quiet, device=args.device
     )
@@ -146,9 +149,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"distill: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("distill: interrupted", file=sys.stderr)
+    except TrainingInterrupted as exc:
+        print(f"distill: {exc}. Resume with: {_resume_command(args)}", file=sys.stderr)
         return 130
+    except KeyboardInterrupt:
+        print(
+            "distill: interrupted; the last whole checkpoint is kept. Resume with: "
+            f"{_resume_command(args)}",
+            file=sys.stderr,
+        )
+        return 130
+
+
+def _resume_command(args: argparse.Namespace) -> str:
+    out = getattr(args, "resolved_out", None) or getattr(args, "out", None) or "DIR"
+    sets = "".join(f" --set {shlex.quote(s)}" for s in (getattr(args, "set", None) or []))
+    if args.command == "run":
+        return f"distill run {args.recipe} --out {out}{sets} --resume"
+    if args.command == "demo":
+        return (
+            f"distill demo --data {args.data} --methods {args.methods} --out {out}{sets} "
+            "--resume"
+        )
+    return "the same command with --resume"
 
 
 if __name__ == "__main__":  # pragma: no cover

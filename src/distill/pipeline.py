@@ -40,8 +40,8 @@ from .checkpoint import (
     safe_load,
     save_model,
 )
-from .data import DataBundle, load_data
-from .errors import CheckpointError, ConfigError, DistillError
+from .data import DATASETS, DataBundle, load_data
+from .errors import CheckpointError, ConfigError, DataError, DistillError, did_you_mean
 from .methods import Phase, StageContext
 from .recipe import Recipe
 from .trainer import Trainer, derive_seed, evaluate, get_accelerator, seed_everything
@@ -128,6 +128,10 @@ class Pipeline:
                 "phases": {},
             }
         if self.is_main:
+            # Temporary files of writes cut short by a crash: never whole, never needed.
+            if self.out.is_dir():
+                for stale in self.out.rglob(".*.tmp"):
+                    stale.unlink(missing_ok=True)
             try:
                 (self.out / "checkpoints").mkdir(parents=True, exist_ok=True)
                 probe = self.out / ".write-test"
@@ -150,14 +154,22 @@ class Pipeline:
     def _load_data(self) -> DataBundle:
         if self.bundle is None:
             d = self.recipe.data
-            self.bundle = load_data(
-                d.name,
-                dir=d.dir,
-                subset=d.subset,
-                val_fraction=d.val_fraction,
-                seed=self.recipe.seed,
-                augment=d.augment,
-            )
+            if d.name not in DATASETS:
+                raise ConfigError(
+                    f"data.name: unknown dataset {d.name!r}{did_you_mean(d.name, DATASETS)}; "
+                    f"registered: {', '.join(DATASETS)}"
+                )
+            try:
+                self.bundle = load_data(
+                    d.name,
+                    dir=d.dir,
+                    subset=d.subset,
+                    val_fraction=d.val_fraction,
+                    seed=self.recipe.seed,
+                    augment=d.augment,
+                )
+            except (ConfigError, DataError) as exc:
+                raise type(exc)(f"data ({d.name}): {exc}") from None
         return self.bundle
 
     def _build_models(self, bundle: DataBundle) -> None:
@@ -171,7 +183,9 @@ class Pipeline:
                 raise ConfigError(f"models.{name}.arch: {exc}") from None
             if spec.checkpoint:
                 try:
-                    load_model_weights(model, spec.checkpoint, name=name)
+                    load_model_weights(
+                        model, spec.checkpoint, name=name, num_classes=bundle.num_classes
+                    )
                 except CheckpointError as exc:
                     raise CheckpointError(f"models.{name}.checkpoint: {exc}") from None
             self.models[name] = model
@@ -268,7 +282,8 @@ class Pipeline:
         method = phase.build()
         data = self.recipe.data
         resuming = self.resume and any(phase_dir.glob("epoch_*.pt"))
-        self._truncate_metrics(key, phase_dir if resuming else None)
+        if self.resume:
+            self._truncate_metrics(key, phase_dir if resuming else None)
 
         def on_epoch_end(record: dict[str, Any]) -> None:
             self._append_metrics(stage_name, phase.name, method_name, record)

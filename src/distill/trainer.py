@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
@@ -42,6 +44,39 @@ class NonFiniteLossError(DistillError):
     """The loss became NaN or infinite."""
 
 
+class TrainingInterrupted(Exception):  # noqa: N818 - reads as what happened
+    """Training stopped on SIGINT or SIGTERM after writing a resumable checkpoint."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+class StopSignals:
+    """While active, SIGINT and SIGTERM only ask training to stop at the next step boundary
+    (a second SIGINT interrupts at once). Outside the main thread it does nothing."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:  # noqa: ARG002
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
 def derive_seed(*parts: Any) -> int:
     """A 31-bit seed derived from any printable parts (stable across runs and machines)."""
     digest = hashlib.sha256(repr(parts).encode()).digest()
@@ -63,18 +98,22 @@ class EpochSampler(Sampler[int]):
         self.seed = seed
         self.shuffle = shuffle
         self.epoch = 0
+        self.skip = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
         if not self.shuffle:
-            return iter(range(self.n))
-        generator = torch.Generator().manual_seed(derive_seed(self.seed, "order", self.epoch))
-        return iter(torch.randperm(self.n, generator=generator).tolist())
+            order = list(range(self.n))
+        else:
+            generator = torch.Generator().manual_seed(derive_seed(self.seed, "order", self.epoch))
+            order = torch.randperm(self.n, generator=generator).tolist()
+        # ``skip`` resumes an epoch that was interrupted after some batches.
+        return iter(order[self.skip :])
 
     def __len__(self) -> int:
-        return self.n
+        return self.n - self.skip
 
 
 _ACCELERATORS: dict[bool, Accelerator] = {}
@@ -285,10 +324,30 @@ class Trainer:
             return state
         return None
 
-    def _save(self, epoch: int, state: dict[str, Any]) -> None:
+    def _state(
+        self,
+        method: Distiller,
+        optimizers: dict[str, torch.optim.Optimizer],
+        schedulers: dict[str, Any],
+        scaler: torch.amp.GradScaler,
+        result: FitResult,
+    ) -> dict[str, Any]:
+        return {
+            "format": EPOCH_FORMAT,
+            "method": {k: v.detach().cpu() for k, v in method.trainable_state_dict().items()},
+            "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+            "schedulers": {k: sc.state_dict() for k, sc in schedulers.items()},
+            "scaler": scaler.state_dict(),
+            "rng": rng_state(),
+            "history": result.history,
+            "seconds": result.seconds,
+        }
+
+    def _save(self, epoch: int, state: dict[str, Any], suffix: str = "") -> None:
         if self.checkpoint_dir is None or not self.accelerator.is_main_process:
             return
-        atomic_save(state, self._checkpoint_path(epoch))
+        path = self._checkpoint_path(epoch)
+        atomic_save(state, path.with_name(path.stem + suffix + path.suffix))
         for old in self.checkpoints()[self.keep_checkpoints :]:
             old.unlink(missing_ok=True)
 
@@ -346,8 +405,11 @@ class Trainer:
 
         result = FitResult()
         start_epoch = 0
+        resume_state: dict[str, Any] | None = None
         if resume:
             state = self.latest_checkpoint()
+            if state is not None and state.get("batches_done"):
+                resume_state = state
             if state is not None:
                 method.load_trainable_state_dict(state["method"])
                 for k, opt in optimizers.items():
@@ -391,111 +453,150 @@ class Trainer:
 
         bad_steps = 0
         all_groups = list(optimizers)
-        for epoch in range(start_epoch, cfg.epochs):
-            seed_everything(derive_seed(self.seed, "epoch", epoch))
-            # Through the prepared loader: it re-applies its own epoch counter on every iter().
-            if hasattr(loader, "set_epoch"):
-                loader.set_epoch(epoch)
-            sampler.set_epoch(epoch)
-            method.train()
-            started = time.perf_counter()
-            sums: dict[str, float] = {}
-            seen = 0
-            bar = tqdm(
-                total=batches,
-                desc=f"{self.desc} {epoch + 1}/{cfg.epochs}",
-                disable=not (self.progress and acc.is_main_process),
-                leave=False,
-                dynamic_ncols=True,
-            )
-            for opt in optimizers.values():
-                opt.zero_grad(set_to_none=True)
-            for index, (inputs, targets) in enumerate(loader):
-                outputs: list[Output] = []
-                with autocast(device, cfg.precision):
-                    sequence = method.step_losses(inputs, targets)
-                if sequence is not None:
-                    if cfg.grad_accum_steps != 1:
-                        raise ConfigError(
-                            "grad_accum_steps must be 1 for a method that updates its models "
-                            f"one after another, got {cfg.grad_accum_steps}"
-                        )
-                    while True:
+        with StopSignals() as stop:
+            for epoch in range(start_epoch, cfg.epochs):
+                seed_everything(derive_seed(self.seed, "epoch", epoch))
+                done_batches, sums, seen, carried = 0, {}, 0, 0.0
+                if resume_state is not None:
+                    # Continue the interrupted epoch: skip the batches it already trained on.
+                    done_batches = int(resume_state["batches_done"])
+                    sums = dict(resume_state["partial_sums"])
+                    seen = int(resume_state["partial_seen"])
+                    carried = float(resume_state["partial_seconds"])
+                    set_rng_state(resume_state["rng"])
+                    resume_state = None
+                sampler.skip = done_batches * self.batch_size * acc.num_processes
+                # Through the prepared loader: it re-applies its own epoch counter on every iter().
+                if hasattr(loader, "set_epoch"):
+                    loader.set_epoch(epoch)
+                sampler.set_epoch(epoch)
+                method.train()
+                started = time.perf_counter() - carried
+                bar = tqdm(
+                    total=batches,
+                    initial=done_batches,
+                    desc=f"{self.desc} {epoch + 1}/{cfg.epochs}",
+                    disable=not (self.progress and acc.is_main_process),
+                    leave=False,
+                    dynamic_ncols=True,
+                )
+                for opt in optimizers.values():
+                    opt.zero_grad(set_to_none=True)
+                for index, (inputs, targets) in enumerate(loader, start=done_batches):
+                    outputs: list[Output] = []
+                    with autocast(device, cfg.precision):
+                        sequence = method.step_losses(inputs, targets)
+                    if sequence is not None:
+                        if cfg.grad_accum_steps != 1:
+                            raise ConfigError(
+                                "grad_accum_steps must be 1 for a method that updates its models "
+                                f"one after another, got {cfg.grad_accum_steps}"
+                            )
+                        while True:
+                            with autocast(device, cfg.precision):
+                                item = next(sequence, None)
+                            if item is None:
+                                break
+                            name, out = item
+                            outputs.append(out)
+                            if not check_finite(out, epoch, index):
+                                continue
+                            scaler.scale(out.loss).backward()
+                            optimizer_step([name], groups[name])
+                    else:
                         with autocast(device, cfg.precision):
-                            item = next(sequence, None)
-                        if item is None:
-                            break
-                        name, out = item
-                        outputs.append(out)
+                            out = method(inputs, targets)
                         if not check_finite(out, epoch, index):
                             continue
-                        scaler.scale(out.loss).backward()
-                        optimizer_step([name], groups[name])
-                else:
-                    with autocast(device, cfg.precision):
-                        out = method(inputs, targets)
-                    if not check_finite(out, epoch, index):
-                        continue
-                    outputs.append(out)
-                    scaler.scale(out.loss / cfg.grad_accum_steps).backward()
-                    if (index + 1) % cfg.grad_accum_steps == 0 or index + 1 == batches:
-                        optimizer_step(all_groups, params)
-                n = targets.shape[0]
-                seen += n
-                for out in outputs:
-                    sums["loss"] = sums.get("loss", 0.0) + float(out.loss.detach()) * n
-                    for key, value in out.parts.items():
-                        sums[key] = sums.get(key, 0.0) + float(value) * n
-                elapsed = time.perf_counter() - started
-                bar.set_postfix(
-                    {k: f"{v / max(seen, 1):.4f}" for k, v in sums.items()}
-                    | {"img/s": f"{seen / max(elapsed, 1e-9):.0f}"},
-                    refresh=False,
-                )
-                bar.update(1)
-            bar.close()
-            train_metrics = self._reduce(sums, seen)
-            val: dict[str, dict[str, float]] = {}
-            if val_loader is not None:
-                for name, model in eval_models.items():
-                    val[name] = evaluate(
-                        model, val_loader, accelerator=acc, precision=cfg.precision
+                        outputs.append(out)
+                        scaler.scale(out.loss / cfg.grad_accum_steps).backward()
+                        if (index + 1) % cfg.grad_accum_steps == 0 or index + 1 == batches:
+                            optimizer_step(all_groups, params)
+                    n = targets.shape[0]
+                    seen += n
+                    for out in outputs:
+                        sums["loss"] = sums.get("loss", 0.0) + float(out.loss.detach()) * n
+                        for key, value in out.parts.items():
+                            sums[key] = sums.get(key, 0.0) + float(value) * n
+                    elapsed = time.perf_counter() - started
+                    bar.set_postfix(
+                        {k: f"{v / max(seen, 1):.4f}" for k, v in sums.items()}
+                        | {"img/s": f"{seen / max(elapsed, 1e-9):.0f}"},
+                        refresh=False,
                     )
-            seconds = time.perf_counter() - started
-            result.seconds += seconds
-            record = {
-                "epoch": epoch + 1,
-                "train": train_metrics,
-                "val": val,
-                "seconds": round(seconds, 3),
-                "lr": optimizers[all_groups[0]].param_groups[0]["lr"],
-                "images": int(seen * acc.num_processes),
-            }
-            result.history.append(record)
-            self._save(
-                epoch + 1,
-                {
-                    "format": EPOCH_FORMAT,
+                    bar.update(1)
+                    at_boundary = sequence is not None or (index + 1) % cfg.grad_accum_steps == 0
+                    if stop.received is not None and at_boundary and index + 1 < batches:
+                        bar.close()
+                        self._save(
+                            epoch,
+                            {
+                                **self._state(method, optimizers, schedulers, scaler, result),
+                                "epoch": epoch,
+                                "batches_done": index + 1,
+                                "partial_sums": sums,
+                                "partial_seen": seen,
+                                "partial_seconds": time.perf_counter() - started,
+                            },
+                            suffix=f"_step_{index + 1:06d}",
+                        )
+                        name = signal.Signals(stop.received).name
+                        raise TrainingInterrupted(
+                            f"{self.desc}: stopped by {name} at epoch {epoch + 1}, step "
+                            f"{index + 1}/{batches}; a checkpoint was written",
+                            stop.received,
+                        )
+                sampler.skip = 0
+                bar.close()
+                train_metrics = self._reduce(sums, seen)
+                val: dict[str, dict[str, float]] = {}
+                if val_loader is not None:
+                    for name, model in eval_models.items():
+                        val[name] = evaluate(
+                            model, val_loader, accelerator=acc, precision=cfg.precision
+                        )
+                seconds = time.perf_counter() - started
+                result.seconds += seconds
+                record = {
                     "epoch": epoch + 1,
-                    "method": {
-                        k: v.detach().cpu() for k, v in method.trainable_state_dict().items()
+                    "train": train_metrics,
+                    "val": val,
+                    "seconds": round(seconds, 3),
+                    "lr": optimizers[all_groups[0]].param_groups[0]["lr"],
+                    "images": int(seen * acc.num_processes),
+                }
+                result.history.append(record)
+                self._save(
+                    epoch + 1,
+                    {
+                        "format": EPOCH_FORMAT,
+                        "epoch": epoch + 1,
+                        "method": {
+                            k: v.detach().cpu() for k, v in method.trainable_state_dict().items()
+                        },
+                        "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+                        "schedulers": {k: sc.state_dict() for k, sc in schedulers.items()},
+                        "scaler": scaler.state_dict(),
+                        "rng": rng_state(),
+                        "history": result.history,
+                        "seconds": result.seconds,
                     },
-                    "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-                    "schedulers": {k: sc.state_dict() for k, sc in schedulers.items()},
-                    "scaler": scaler.state_dict(),
-                    "rng": rng_state(),
-                    "history": result.history,
-                    "seconds": result.seconds,
-                },
-            )
-            if self.progress and acc.is_main_process:
-                shown = " ".join(f"{k} {v:.4f}" for k, v in train_metrics.items())
-                accs = " ".join(f"val_acc[{k}] {v['accuracy']:.4f}" for k, v in val.items())
-                tqdm.write(
-                    f"{self.desc} {epoch + 1}/{cfg.epochs}: {shown} {accs} ({seconds:.1f} s)"
                 )
-            if self.on_epoch_end is not None:
-                self.on_epoch_end(record)
+                if self.progress and acc.is_main_process:
+                    shown = " ".join(f"{k} {v:.4f}" for k, v in train_metrics.items())
+                    accs = " ".join(f"val_acc[{k}] {v['accuracy']:.4f}" for k, v in val.items())
+                    tqdm.write(
+                        f"{self.desc} {epoch + 1}/{cfg.epochs}: {shown} {accs} ({seconds:.1f} s)"
+                    )
+                if self.on_epoch_end is not None:
+                    self.on_epoch_end(record)
+                if stop.received is not None and epoch + 1 < cfg.epochs:
+                    name = signal.Signals(stop.received).name
+                    raise TrainingInterrupted(
+                        f"{self.desc}: stopped by {name} after epoch {epoch + 1}; a checkpoint "
+                        "was written",
+                        stop.received,
+                    )
         return result
 
     def _reduce(self, sums: dict[str, float], seen: int) -> dict[str, float]:
