@@ -205,6 +205,8 @@ class Pipeline:
             seed=self.recipe.seed,
             trained={n for n, m in self.recipe.models.items() if m.checkpoint},
         )
+        for spec in self.recipe.stages:
+            spec.check(ctx)
         stage_results = []
         for index, (spec, stage_name) in enumerate(
             zip(self.recipe.stages, self.stage_names, strict=True)

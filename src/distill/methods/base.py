@@ -199,6 +199,11 @@ class StageSpec(Strict):
         """The phases that carry out this stage, in order."""
         raise NotImplementedError
 
+    def check(self, ctx: StageContext) -> None:
+        """Validate the stage against the built models before anything trains (e.g. that
+        layer names exist), so a mistake in the last stage does not surface after hours of
+        training. Raise :class:`~distill.errors.ConfigError` naming the field."""
+
     def summary_fields(self) -> dict[str, Any]:
         """Method settings worth showing in ``summary.json`` (e.g. temperature, alpha)."""
         skip = {"method", "name", "train"} | set(StageSpec.model_fields)
