@@ -11,13 +11,14 @@ Train a small, fast *student* network to mimic a large, accurate *teacher*::
 from __future__ import annotations
 
 from .errors import CheckpointError, ConfigError, DataError, DistillError
-from .losses import kd_loss
-from .methods import KD, METHODS, Distiller, Output, Supervised
+from .losses import kd_loss, mutual_loss
+from .methods import DML, KD, METHODS, TAKD, Distiller, Output, Supervised, assistant_ladder
 from .trainer import evaluate
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DML",
     "KD",
     "METHODS",
     "CheckpointError",
@@ -27,7 +28,10 @@ __all__ = [
     "DistillError",
     "Output",
     "Supervised",
+    "TAKD",
+    "assistant_ladder",
     "evaluate",
     "kd_loss",
+    "mutual_loss",
     "__version__",
 ]

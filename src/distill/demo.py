@@ -51,6 +51,28 @@ DEMO_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
             "alpha": 0.9,
         },
     ),
+    # TAKD: the student learns from an assistant (cnn-4, between resnet20 and cnn-2 in size, as
+    # assistant_ladder("resnet20", "cnn-2") picks) that learnt from the teacher.
+    "takd": (
+        "student_takd",
+        {
+            "method": "takd",
+            "chain": ["teacher", "assistant", "student_takd"],
+            "temperature": 4.0,
+            "alpha": 0.9,
+            "_models": {"assistant": "cnn-4"},
+        },
+    ),
+    # DML: the student learns from scratch together with a larger peer; no teacher involved.
+    "dml": (
+        "student_dml",
+        {
+            "method": "dml",
+            "cohort": ["dml_peer", "student_dml"],
+            "temperature": 1.0,
+            "_models": {"dml_peer": "cnn-4"},
+        },
+    ),
 }
 
 

@@ -7,17 +7,24 @@ recipe's ``method:`` field to the stage class that validates the stage and build
 from __future__ import annotations
 
 from .base import Distiller, Output, Phase, StageContext, StageSpec, freeze, logits_of
+from .dml import DML, DMLStage
 from .kd import KD, KDStage
 from .supervised import Supervised, TrainStage
+from .takd import TAKD, TAKDStage, assistant_ladder
 
 METHODS: dict[str, type[StageSpec]] = {
     "train": TrainStage,
     "kd": KDStage,
+    "takd": TAKDStage,
+    "dml": DMLStage,
 }
 
 __all__ = [
     "METHODS",
     "KD",
+    "DML",
+    "TAKD",
+    "assistant_ladder",
     "Distiller",
     "Output",
     "Phase",
