@@ -110,12 +110,18 @@ def write_plots(out: Path, summary: dict[str, Any], metrics: list[dict[str, Any]
 # --- per-method sections of report.md ----------------------------------------------------------
 
 
-def _baselines(summary: dict[str, Any]) -> dict[str, str]:
-    """Architecture -> the first model of that architecture trained alone (a ``train`` stage):
-    the "alone" baseline of the TAKD and DML sections."""
+def _baselines(
+    summary: dict[str, Any], method: str = "train", teacher: str | None = None
+) -> dict[str, str]:
+    """Architecture -> the first model of that architecture trained by a ``method`` stage (with
+    ``teacher`` as its only teacher, when given): by default the "alone" baseline of the TAKD
+    and DML sections; with ``method="kd"``, the student distilled directly from a chain's
+    teacher."""
     found: dict[str, str] = {}
     for stage in summary["stages"]:
-        if stage["method"] != "train":
+        if stage["method"] != method:
+            continue
+        if teacher is not None and stage.get("teachers") != [teacher]:
             continue
         for name in stage["models"]:
             model = summary["models"].get(name)
@@ -162,17 +168,20 @@ def _takd_section(summary: dict[str, Any], stages: list[dict[str, Any]]) -> list
     split = ["val", "test"] if has_test else ["val"]
     header = ["link", "teacher → model", "arch", "T", "α"]
     header += [f"after distillation ({s})" for s in split] + [f"alone ({s})" for s in split]
+    header += [f"KD from the chain's teacher ({s})" for s in split]
     lines = ["", "## Teacher-assistant chains (TAKD)"]
     for stage in stages:
         chain = stage.get("chain", [])
         lines += ["", f"Stage `{stage['name']}`: {' → '.join(chain)}", ""]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         start = chain[0] if chain else None
+        direct = _baselines(summary, "kd", teacher=start) if start else {}
         if start is not None:
             arch = summary["models"].get(start, {}).get("arch", "")
             row = ["start", start, arch, "—", "—"]
             row += _accuracy_cells(summary, start, has_test)
             row += _alone_cells(summary, start, baselines, has_test)
+            row += ["—"] * len(split)
             lines.append("| " + " | ".join(row) + " |")
         for link in stage.get("links", []):
             student = link["student"]
@@ -187,8 +196,14 @@ def _takd_section(summary: dict[str, Any], stages: list[dict[str, Any]]) -> list
             ]
             row += _accuracy_cells(summary, student, has_test, stage)
             row += _alone_cells(summary, student, baselines, has_test)
+            row += _alone_cells(summary, student, direct, has_test)
             lines.append("| " + " | ".join(row) + " |")
-    return [*lines, "", _ALONE_NOTE]
+    note = (
+        "*KD from the chain's teacher*: a model of the same architecture distilled directly "
+        "from the chain's first model by a `kd` stage of this recipe, to see whether the "
+        "assistants helped."
+    )
+    return [*lines, "", _ALONE_NOTE, "", note]
 
 
 def _dml_section(summary: dict[str, Any], stages: list[dict[str, Any]]) -> list[str]:
