@@ -90,6 +90,33 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_layers(args: argparse.Namespace) -> int:
+    import torch
+
+    from .errors import ConfigError
+    from .models import create
+    from .taps import layer_shapes
+
+    if args.input_size < 1 or args.in_channels < 1:
+        raise ConfigError(
+            f"--input-size and --in-channels must be >= 1, got {args.input_size} and "
+            f"{args.in_channels}"
+        )
+    model = create(args.arch, num_classes=args.num_classes, in_channels=args.in_channels)
+    sample = torch.zeros(1, args.in_channels, args.input_size, args.input_size)
+    rows = [
+        (name, kind, "not run" if shape is None else str(list(shape)))
+        for name, kind, shape in layer_shapes(model, sample)
+        if args.depth is None or name.count(".") < args.depth
+    ]
+    widths = [max(len(row[i]) for row in [("name", "type", ""), *rows]) for i in range(2)]
+    print(f"{args.arch}: output shapes for an input of shape {list(sample.shape)}")
+    print(f"{'name':<{widths[0]}}  {'type':<{widths[1]}}  output shape")
+    for name, kind, shape in rows:
+        print(f"{name:<{widths[0]}}  {kind:<{widths[1]}}  {shape}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="distill",
@@ -135,6 +162,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="list the model zoo's architectures")
     models.set_defaults(func=_cmd_models, debug=False)
+
+    layers = sub.add_parser(
+        "layers",
+        help="list a zoo model's layer names with their output shapes (to choose the layers "
+        "of fitnets and fsp)",
+    )
+    layers.add_argument("arch", help="a zoo architecture, e.g. resnet20 (see `distill models`)")
+    layers.add_argument("--input-size", type=int, default=28, help="image height = width (28)")
+    layers.add_argument("--in-channels", type=int, default=1, help="image channels (1)")
+    layers.add_argument("--num-classes", type=int, default=10, help="classes (10)")
+    layers.add_argument(
+        "--depth", type=int, default=None, help="only names with at most this many parts"
+    )
+    layers.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    layers.set_defaults(func=_cmd_layers)
     return parser
 
 
