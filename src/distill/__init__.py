@@ -13,6 +13,9 @@ from __future__ import annotations
 from .errors import CheckpointError, ConfigError, DataError, DistillError
 from .losses import kd_loss, mutual_loss
 from .methods import DML, KD, METHODS, TAKD, Distiller, Output, Supervised, assistant_ladder
+from .methods.fitnets import FitNets
+from .methods.fsp import FSP
+from .taps import Taps
 from .trainer import evaluate
 
 __version__ = "0.1.0"
@@ -26,7 +29,10 @@ __all__ = [
     "DataError",
     "Distiller",
     "DistillError",
+    "FSP",
+    "FitNets",
     "Output",
+    "Taps",
     "Supervised",
     "TAKD",
     "assistant_ladder",

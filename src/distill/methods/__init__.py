@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from .base import Distiller, Output, Phase, StageContext, StageSpec, freeze, logits_of
 from .dml import DML, DMLStage
+from .fitnets import FitNets, FitNetsStage
+from .fsp import FSP, FSPPair, FSPStage, propose_fsp_pairs
 from .kd import KD, KDStage
 from .supervised import Supervised, TrainStage
 from .takd import TAKD, TAKDStage, assistant_ladder
@@ -15,6 +17,8 @@ from .takd import TAKD, TAKDStage, assistant_ladder
 METHODS: dict[str, type[StageSpec]] = {
     "train": TrainStage,
     "kd": KDStage,
+    "fitnets": FitNetsStage,
+    "fsp": FSPStage,
     "takd": TAKDStage,
     "dml": DMLStage,
 }
@@ -22,6 +26,10 @@ METHODS: dict[str, type[StageSpec]] = {
 __all__ = [
     "METHODS",
     "KD",
+    "FSP",
+    "FSPPair",
+    "FitNets",
+    "propose_fsp_pairs",
     "DML",
     "TAKD",
     "assistant_ladder",
