@@ -19,6 +19,7 @@ newest whole epoch checkpoint.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -32,6 +33,13 @@ import yaml
 from torch import nn
 
 from . import models as zoo
+from .cache import (
+    TeacherCache,
+    ViewDataset,
+    dataset_fingerprint,
+    model_fingerprint,
+    transform_description,
+)
 from .checkpoint import (
     atomic_save,
     atomic_write_json,
@@ -303,11 +311,23 @@ class Pipeline:
             device=self.device,
         )
         eval_models = {name: self.models[name] for name in phase.trains}
+        train_data, cache = self._attach_cache(stage_name, phase, method, bundle)
         started = time.perf_counter()
-        result = trainer.fit(method, bundle.train, bundle.val, eval_models, resume=resuming)
+        result = trainer.fit(method, train_data, bundle.val, eval_models, resume=resuming)
         if phase.after is not None:
             phase.after(method)
-        record = {"history": result.history, "seconds": result.seconds}
+        record: dict[str, Any] = {"history": result.history, "seconds": result.seconds}
+        if cache is not None:
+            cache.flush()
+            self.log(f"[{stage_name}] {phase.name}: {cache.describe()}")
+            record["cache"] = {
+                "entries": cache.size,
+                "bytes": cache.nbytes,
+                "store": cache.settings.store,
+                "views": cache.settings.views,
+                "filled": round(cache.filled_fraction, 4),
+                "teacher_calls": getattr(method, "teacher_calls", None),
+            }
         if self.is_main:
             atomic_save(
                 {"models": {n: self.models[n].state_dict() for n in phase.trains}},
@@ -320,6 +340,44 @@ class Pipeline:
         self.accelerator.wait_for_everyone()
         self.log(f"[{stage_name}] {phase.name}: done in {time.perf_counter() - started:.1f} s")
         return {"phase": phase.name, "models": phase.trains, **record}
+
+    def _attach_cache(
+        self, stage_name: str, phase: Phase, method: Any, bundle: DataBundle
+    ) -> tuple[Any, TeacherCache | None]:
+        """Wrap the training data with cache keys and give ``method`` its teacher cache."""
+        if phase.cache is None:
+            return bundle.train, None
+        if not hasattr(method, "cache") or not hasattr(method, "teacher"):
+            raise ConfigError(
+                f"stage {stage_name}: the teacher cache works with methods whose teacher is "
+                "fixed (kd, fitnets, takd); set cache: none"
+            )
+        views = ViewDataset(bundle.train, phase.cache.views, seed=self.recipe.seed)
+        settings = phase.cache
+        settings.views = views.views
+        temperature = float(getattr(method, "temperature", 1.0))
+        identity = {
+            "teacher": model_fingerprint(method.teacher),
+            "data": dataset_fingerprint(bundle.train),
+            "transform": transform_description(bundle.train),
+            "views": views.views,
+            "seed": self.recipe.seed,
+            "teacher_precision": getattr(method, "teacher_precision", "fp32"),
+            "temperature": temperature if settings.topk else None,
+            "settings": [settings.store, settings.dtype, settings.topk],
+        }
+        fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+        cache = TeacherCache(
+            len(views) * views.views,
+            bundle.num_classes,
+            fingerprint[:16],
+            settings,
+            directory=self.out / "cache" / stage_name / phase.name,
+            temperature=temperature,
+            log=self.log,
+        )
+        method.cache = cache
+        return views, cache
 
     # -- metrics -------------------------------------------------------------------------
 

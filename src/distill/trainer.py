@@ -379,7 +379,8 @@ class Trainer:
             sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=device.type == "cuda",
-            persistent_workers=self.num_workers > 0,
+            # A dataset that changes per epoch (cache views) must be re-sent to the workers.
+            persistent_workers=self.num_workers > 0 and not hasattr(train_data, "set_epoch"),
         )
         loader = acc.prepare_data_loader(loader)
         val_loader = None
@@ -470,6 +471,8 @@ class Trainer:
                 if hasattr(loader, "set_epoch"):
                     loader.set_epoch(epoch)
                 sampler.set_epoch(epoch)
+                if hasattr(train_data, "set_epoch"):
+                    train_data.set_epoch(epoch)
                 method.train()
                 started = time.perf_counter() - carried
                 bar = tqdm(
@@ -482,7 +485,10 @@ class Trainer:
                 )
                 for opt in optimizers.values():
                     opt.zero_grad(set_to_none=True)
-                for index, (inputs, targets) in enumerate(loader, start=done_batches):
+                for index, batch in enumerate(loader, start=done_batches):
+                    inputs, targets = batch[0], batch[1]
+                    # A third item is the samples' cache keys (see distill.cache.ViewDataset).
+                    extra = {"keys": batch[2]} if len(batch) > 2 else {}
                     outputs: list[Output] = []
                     with autocast(device, cfg.precision):
                         sequence = method.step_losses(inputs, targets)
@@ -505,7 +511,7 @@ class Trainer:
                             optimizer_step([name], groups[name])
                     else:
                         with autocast(device, cfg.precision):
-                            out = method(inputs, targets)
+                            out = method(inputs, targets, **extra)
                         if not check_finite(out, epoch, index):
                             continue
                         outputs.append(out)
@@ -555,6 +561,7 @@ class Trainer:
                         val[name] = evaluate(
                             model, val_loader, accelerator=acc, precision=cfg.precision
                         )
+                method.epoch_end()
                 seconds = time.perf_counter() - started
                 result.seconds += seconds
                 record = {

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
 from torch import nn
 
+from ..cache import CacheSettings
 from ..config import Strict, TrainConfig
 
 
@@ -114,6 +115,10 @@ class Distiller(nn.Module):
         """
         return None
 
+    def epoch_end(self) -> None:
+        """Called by the trainer after each epoch's last step, before its checkpoint (e.g. to
+        flush a teacher cache to disk)."""
+
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """``state_dict()`` without the teachers' entries."""
         prefixes = tuple(f"{name}." for name in self.teacher_names)
@@ -162,6 +167,9 @@ class Phase:
             checkpointed.
         train: the training settings of this phase.
         after: optional hook run after the phase finishes (e.g. to keep part of a model).
+        cache: when set, the pipeline attaches a :class:`~distill.cache.TeacherCache` to the
+            built method (which must have ``teacher`` and ``cache`` attributes, like
+            :class:`~distill.methods.KD`) and feeds it batches with cache keys.
     """
 
     name: str
@@ -169,6 +177,41 @@ class Phase:
     trains: list[str]
     train: TrainConfig
     after: Callable[[Distiller], None] | None = None
+    cache: CacheSettings | None = None
+
+
+class TeacherCacheFields(Strict):
+    """Recipe fields of the stages whose teacher is fixed (``kd``, FitNets' KD phase, TAKD
+    links): the teacher-output cache and teacher precision.
+
+    - ``cache``: ``none`` (default) or ``teacher``: compute the teacher's outputs once per
+      sample view and reuse them in later epochs.
+    - ``cache_views``: views kept per sample when the data is randomly augmented (V).
+    - ``cache_store``: ``memory`` or ``disk`` (memory-mapped files under the run directory,
+      reused by ``--resume``).
+    - ``cache_dtype``: ``float16`` (default) or ``float32``.
+    - ``cache_topk``: keep only the k largest logits (the rest of the probability mass is
+      spread uniformly), for large vocabularies.
+    - ``teacher_precision``: ``fp32``, or ``bf16``/``fp16`` autocast for the teacher only.
+    """
+
+    cache: Literal["none", "teacher"] = "none"
+    cache_views: int = Field(1, ge=1)
+    cache_store: Literal["memory", "disk"] = "memory"
+    cache_dtype: Literal["float16", "float32"] = "float16"
+    cache_topk: int | None = Field(None, ge=1)
+    teacher_precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+
+    def cache_settings(self) -> CacheSettings | None:
+        """The cache this stage asked for, or ``None``."""
+        if self.cache != "teacher":
+            return None
+        return CacheSettings(
+            store=self.cache_store,
+            dtype=self.cache_dtype,
+            views=self.cache_views,
+            topk=self.cache_topk,
+        )
 
 
 class StageSpec(Strict):
@@ -207,4 +250,6 @@ class StageSpec(Strict):
     def summary_fields(self) -> dict[str, Any]:
         """Method settings worth showing in ``summary.json`` (e.g. temperature, alpha)."""
         skip = {"method", "name", "train"} | set(StageSpec.model_fields)
+        if self.model_dump().get("cache", "none") == "none":
+            skip |= set(TeacherCacheFields.model_fields) - {"teacher_precision"}
         return {k: v for k, v in self.model_dump().items() if k not in skip}

@@ -9,8 +9,18 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from ..cache import TeacherCache
 from ..losses import kd_loss
-from .base import Distiller, Output, Phase, StageContext, StageSpec, freeze, logits_of
+from .base import (
+    Distiller,
+    Output,
+    Phase,
+    StageContext,
+    StageSpec,
+    TeacherCacheFields,
+    freeze,
+    logits_of,
+)
 
 
 class KD(Distiller):
@@ -28,6 +38,12 @@ class KD(Distiller):
         student: the module to train; same number of classes.
         temperature: ``T > 0`` (paper and CIFAR benchmarks: 4).
         alpha: weight of the soft term, in [0, 1] (CIFAR benchmarks: 0.9).
+        teacher_precision: ``fp32``, or ``bf16``/``fp16`` to run only the teacher under
+            autocast (its logits are cast back to float32).
+
+    With a :class:`~distill.cache.TeacherCache` attached (``method.cache = cache``) and
+    batches that carry their cache keys (``method(x, y, keys)``), the teacher runs only for
+    samples (views) it has not seen yet.
     """
 
     teacher_names = ("teacher",)
@@ -38,6 +54,8 @@ class KD(Distiller):
         student: nn.Module,
         temperature: float = 4.0,
         alpha: float = 0.9,
+        *,
+        teacher_precision: str = "fp32",
     ) -> None:
         super().__init__()
         if temperature <= 0:
@@ -50,14 +68,36 @@ class KD(Distiller):
         self.student = student.requires_grad_(True)
         self.temperature = temperature
         self.alpha = alpha
+        self.cache: TeacherCache | None = None
+        self.teacher_precision = teacher_precision
+        self.teacher_calls = 0
 
-    def teacher_logits(self, inputs: torch.Tensor) -> torch.Tensor:
-        """The teacher's logits, computed without building a graph."""
+    def _run_teacher(self, inputs: torch.Tensor) -> torch.Tensor:
+        self.teacher_calls += 1
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.teacher_precision)
         with torch.no_grad():
-            return logits_of(self.teacher(inputs))
+            if dtype is None:
+                return logits_of(self.teacher(inputs)).float()
+            with torch.autocast(device_type=inputs.device.type, dtype=dtype):
+                return logits_of(self.teacher(inputs)).float()
 
-    def forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> Output:
-        teacher_logits = self.teacher_logits(inputs)
+    def teacher_logits(
+        self, inputs: torch.Tensor, keys: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The teacher's logits, computed without building a graph (or read from the attached
+        :class:`~distill.cache.TeacherCache` when the batch's ``keys`` are given)."""
+        if self.cache is not None and keys is not None:
+            return self.cache.teacher_logits(keys, inputs, self._run_teacher)
+        return self._run_teacher(inputs)
+
+    def epoch_end(self) -> None:
+        if self.cache is not None:
+            self.cache.flush()
+
+    def forward(
+        self, inputs: torch.Tensor, targets: torch.Tensor, keys: torch.Tensor | None = None
+    ) -> Output:
+        teacher_logits = self.teacher_logits(inputs, keys)
         logits = logits_of(self.student(inputs))
         if logits.shape != teacher_logits.shape:
             raise ValueError(
@@ -72,8 +112,10 @@ class KD(Distiller):
         return Output(loss=loss, parts={k: v.detach() for k, v in parts.items()}, logits=logits)
 
 
-class KDStage(StageSpec):
-    """``{method: kd, teacher: NAME, student: NAME, temperature: 4.0, alpha: 0.9}``."""
+class KDStage(StageSpec, TeacherCacheFields):
+    """``{method: kd, teacher: NAME, student: NAME, temperature: 4.0, alpha: 0.9}``, plus the
+    teacher-cache fields of :class:`~distill.methods.base.TeacherCacheFields`
+    (``cache: teacher``...)."""
 
     method: Literal["kd"] = "kd"
     teacher: str
@@ -90,7 +132,19 @@ class KDStage(StageSpec):
     def phases(self, ctx: StageContext) -> list[Phase]:
         def build() -> KD:
             return KD(
-                ctx.models[self.teacher], ctx.models[self.student], self.temperature, self.alpha
+                ctx.models[self.teacher],
+                ctx.models[self.student],
+                self.temperature,
+                self.alpha,
+                teacher_precision=self.teacher_precision,
             )
 
-        return [Phase(name="kd", build=build, trains=[self.student], train=self.train)]
+        return [
+            Phase(
+                name="kd",
+                build=build,
+                trains=[self.student],
+                train=self.train,
+                cache=self.cache_settings(),
+            )
+        ]
