@@ -109,6 +109,7 @@ def test_training_improves_accuracy_and_history_is_complete() -> None:
     "overrides",
     [
         {"precision": "bf16"},
+        {"channels_last": True},
         {"grad_accum_steps": 3, "clip_grad_norm": 1.0},
         {"optimizer": {"name": "adamw", "lr": 0.003, "weight_decay": 0.01}},
         {"schedule": {"name": "onecycle"}},

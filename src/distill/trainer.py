@@ -371,6 +371,13 @@ class Trainer:
         if len(train_data) == 0:
             raise DistillError("the training set is empty")
         method.to(device)
+        if cfg.channels_last:
+            method.to(memory_format=torch.channels_last)
+        if cfg.compile:
+            # In place, so parameter names (and so checkpoints) stay the same.
+            for module in method.children():
+                if any(True for _ in module.parameters()):
+                    module.compile()
 
         sampler = EpochSampler(len(train_data), self.seed)
         loader = DataLoader(
@@ -487,6 +494,8 @@ class Trainer:
                     opt.zero_grad(set_to_none=True)
                 for index, batch in enumerate(loader, start=done_batches):
                     inputs, targets = batch[0], batch[1]
+                    if cfg.channels_last and inputs.dim() == 4:
+                        inputs = inputs.contiguous(memory_format=torch.channels_last)
                     # A third item is the samples' cache keys (see distill.cache.ViewDataset).
                     extra = {"keys": batch[2]} if len(batch) > 2 else {}
                     outputs: list[Output] = []
