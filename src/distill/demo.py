@@ -73,6 +73,38 @@ DEMO_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
             "_models": {"dml_peer": "cnn-4"},
         },
     ),
+    # FitNets: 3 hint epochs (student stem..stages.1 + a 1x1 conv regressor on the teacher's
+    # middle section, both [N, 32, H/2, W/2] on either dataset), then KD for the usual epochs.
+    "fitnets": (
+        "student_fitnets",
+        {
+            "method": "fitnets",
+            "teacher": "teacher",
+            "student": "student_fitnets",
+            "hint_layer": "stages.1",
+            "guided_layer": "stages.1",
+            "hint": {"epochs": 3},
+            "temperature": 4.0,
+            "alpha": 0.9,
+        },
+    ),
+    # FSP as in the paper: 3 epochs on the FSP matrices of the first two sections (16×16 and
+    # 16×32 channels in both models), at a small learning rate (the loss sums C1·C2 squared
+    # entries), then cross-entropy for the usual epochs.
+    "fsp": (
+        "student_fsp",
+        {
+            "method": "fsp",
+            "teacher": "teacher",
+            "student": "student_fsp",
+            "pairs": [
+                {"student": ["stem", "stages.0"], "teacher": ["stem", "stages.0"]},
+                {"student": ["stages.0", "stages.1"], "teacher": ["stages.0", "stages.1"]},
+            ],
+            "fsp": {"epochs": 3, "optimizer": {"lr": 2.0e-4}},
+            "finetune": "ce",
+        },
+    ),
 }
 
 

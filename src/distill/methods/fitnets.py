@@ -33,7 +33,7 @@ from ._staged import (
     untouched,
     zoo_sections,
 )
-from .base import Output, Phase, StageContext, StageSpec
+from .base import Output, Phase, StageContext, StageSpec, TeacherCacheFields
 from .kd import KD
 
 
@@ -112,12 +112,13 @@ class FitNets(FeatureStage):
         return KD(self.teacher, self.student, self.temperature, self.alpha)
 
 
-class FitNetsStage(StageSpec):
+class FitNetsStage(StageSpec, TeacherCacheFields):
     """``{method: fitnets, teacher, student, hint_layer, guided_layer, hint: {...}}``.
 
     Two phases: ``hint`` (stage 1, trained with the stage's settings with ``hint`` merged over
     them, e.g. ``hint: {epochs: 5, optimizer: {lr: 0.01}}``), then ``kd`` (stage 2, the stage's
-    own settings, with ``temperature`` and ``alpha``).
+    own settings, with ``temperature`` and ``alpha``; the teacher-cache fields of
+    :class:`~distill.methods.base.TeacherCacheFields` apply to this phase).
     """
 
     method: Literal["fitnets"] = "fitnets"
@@ -162,7 +163,11 @@ class FitNetsStage(StageSpec):
     def phases(self, ctx: StageContext) -> list[Phase]:
         def build_kd() -> KD:
             return KD(
-                ctx.models[self.teacher], ctx.models[self.student], self.temperature, self.alpha
+                ctx.models[self.teacher],
+                ctx.models[self.student],
+                self.temperature,
+                self.alpha,
+                teacher_precision=self.teacher_precision,
             )
 
         return [
@@ -173,5 +178,11 @@ class FitNetsStage(StageSpec):
                 train=merged_train(self.train, self.hint),
                 after=FitNets.release,
             ),
-            Phase(name="kd", build=build_kd, trains=[self.student], train=self.train),
+            Phase(
+                name="kd",
+                build=build_kd,
+                trains=[self.student],
+                train=self.train,
+                cache=self.cache_settings(),
+            ),
         ]
