@@ -201,6 +201,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    finally:
+        _end_distributed()
+
+
+def _end_distributed() -> None:
+    """Leave the process group cleanly (an abandoned one can abort the process at exit)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _resume_command(args: argparse.Namespace) -> str:

@@ -56,6 +56,9 @@ class TrainConfig(Strict):
     Speed options: ``channels_last`` stores conv weights and inputs in NHWC order (faster conv
     kernels on recent CPUs and GPUs); ``compile`` applies ``torch.compile`` to every model of
     the method (opt-in: compilation takes tens of seconds, repaid on long runs).
+
+    Several processes: ``sync_batchnorm`` converts the trained models' BatchNorm layers to
+    SyncBatchNorm, so batch statistics are computed over the global batch (GPU only).
     """
 
     epochs: int = Field(10, gt=0)
@@ -67,6 +70,7 @@ class TrainConfig(Strict):
     max_bad_steps: int = Field(0, ge=0)
     channels_last: bool = False
     compile: bool = False
+    sync_batchnorm: bool = False
 
     @model_validator(mode="after")
     def _warmup_within_run(self) -> TrainConfig:

@@ -135,6 +135,8 @@ class Pipeline:
                 "source": self.recipe.source,
                 "phases": {},
             }
+        # Every process has read the directory's state; only then may the main one write.
+        self.accelerator.wait_for_everyone()
         if self.is_main:
             # Temporary files of writes cut short by a crash: never whole, never needed.
             if self.out.is_dir():
@@ -154,6 +156,7 @@ class Pipeline:
                 self.out / "recipe.yaml", yaml.safe_dump(self.recipe.raw, sort_keys=False)
             )
             self._save_state()
+        self.accelerator.wait_for_everyone()
 
     def _save_state(self) -> None:
         if self.is_main:

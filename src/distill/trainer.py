@@ -126,7 +126,8 @@ def get_accelerator(device: str = "auto") -> Accelerator:
         raise ConfigError(f"device must be one of auto, cpu, cuda; got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device 'cuda' was asked for but no CUDA GPU is available; use auto")
-    cpu = device == "cpu"
+    # Accelerate sets up several CPU processes (gloo) only when asked for the CPU explicitly.
+    cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
     if cpu not in _ACCELERATORS:
         _ACCELERATORS[cpu] = Accelerator(cpu=cpu)
     return _ACCELERATORS[cpu]
@@ -236,6 +237,67 @@ def evaluate(
     return {"accuracy": float(correct / count), "loss": float(loss_sum / count)}
 
 
+def wrap_for_data_parallel(
+    method: Distiller, accelerator: Accelerator, sync_batchnorm: bool = False
+) -> list[tuple[nn.Module, str, nn.Module]]:
+    """Wrap each trained model of ``method`` in DistributedDataParallel (several processes
+    only). Teachers are never wrapped: they get no gradients, and a frozen module inside DDP
+    is a known failure. Members of a ``ModuleDict``/``ModuleList`` (a cohort) are wrapped one
+    by one. Returns ``(parent, attribute, original)`` triples for :func:`unwrap`."""
+    if accelerator.num_processes == 1:
+        return []
+    from torch.nn.parallel import DistributedDataParallel
+
+    teachers = set(method.teacher_names)
+    wrapped = []
+    for name, child in list(method.named_children()):
+        if name in teachers:
+            continue
+        if isinstance(child, (nn.ModuleDict, nn.ModuleList)):
+            targets = [(child, key, module) for key, module in child.named_children()]
+        else:
+            targets = [(method, name, child)]
+        for parent, key, module in targets:
+            if not any(p.requires_grad for p in module.parameters()):
+                continue
+            if sync_batchnorm:
+                module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+            device_ids = [accelerator.local_process_index] if module_on_cuda(module) else None
+            # Some phases train part of a model (FitNets' hint phase): unused parameters are
+            # expected, not an error.
+            ddp = DistributedDataParallel(
+                module, device_ids=device_ids, find_unused_parameters=True
+            )
+            setattr(parent, key, ddp)
+            wrapped.append((parent, key, module))
+    return wrapped
+
+
+def module_on_cuda(module: nn.Module) -> bool:
+    return any(p.is_cuda for p in module.parameters())
+
+
+def unwrap(wrapped: list[tuple[nn.Module, str, nn.Module]]) -> None:
+    """Put the original modules back in place of their DDP wrappers."""
+    for parent, key, module in wrapped:
+        setattr(parent, key, module)
+
+
+class _Unwrapped:
+    """Context: the original modules in place (for a checkpoint), the wrappers after."""
+
+    def __init__(self, wrapped: list[tuple[nn.Module, str, nn.Module]]) -> None:
+        self.wrapped = wrapped
+        self.wrappers = [getattr(parent, key) for parent, key, _ in wrapped]
+
+    def __enter__(self) -> None:
+        unwrap(self.wrapped)
+
+    def __exit__(self, *exc: object) -> None:
+        for (parent, key, _), wrapper in zip(self.wrapped, self.wrappers, strict=True):
+            setattr(parent, key, wrapper)
+
+
 @dataclass
 class FitResult:
     """What :meth:`Trainer.fit` returns: one record per epoch, and the wall time."""
@@ -292,6 +354,7 @@ class Trainer:
         self.accelerator = get_accelerator(device)
         self.num_workers = num_workers
         self.keep_checkpoints = max(1, keep_checkpoints)
+        self._wrapped: list[tuple[nn.Module, str, nn.Module]] = []
         if config.precision == "fp16" and self.accelerator.device.type == "cpu":
             # CPU autocast to float16 works but is slow and gains nothing; say so instead.
             raise ConfigError(
@@ -332,9 +395,11 @@ class Trainer:
         scaler: torch.amp.GradScaler,
         result: FitResult,
     ) -> dict[str, Any]:
+        with _Unwrapped(self._wrapped):
+            weights = {k: v.detach().cpu() for k, v in method.trainable_state_dict().items()}
         return {
             "format": EPOCH_FORMAT,
-            "method": {k: v.detach().cpu() for k, v in method.trainable_state_dict().items()},
+            "method": weights,
             "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
             "schedulers": {k: sc.state_dict() for k, sc in schedulers.items()},
             "scaler": scaler.state_dict(),
@@ -428,6 +493,53 @@ class Trainer:
                 start_epoch = int(state["epoch"])
                 result.history = list(state["history"])
                 result.seconds = float(state["seconds"])
+
+        wrapped = wrap_for_data_parallel(method, acc, cfg.sync_batchnorm)
+        try:
+            return self._loop(
+                method,
+                train_data,
+                loader,
+                sampler,
+                val_loader,
+                eval_models,
+                optimizers,
+                schedulers,
+                scaler,
+                groups,
+                params,
+                batches,
+                result,
+                start_epoch,
+                resume_state,
+                wrapped,
+            )
+        finally:
+            unwrap(wrapped)
+
+    def _loop(
+        self,
+        method: Distiller,
+        train_data: Dataset,
+        loader: Any,
+        sampler: EpochSampler,
+        val_loader: DataLoader | None,
+        eval_models: dict[str, nn.Module],
+        optimizers: dict[str, torch.optim.Optimizer],
+        schedulers: dict[str, Any],
+        scaler: torch.amp.GradScaler,
+        groups: dict[str, list[nn.Parameter]],
+        params: list[nn.Parameter],
+        batches: int,
+        result: FitResult,
+        start_epoch: int,
+        resume_state: dict[str, Any] | None,
+        wrapped: list[tuple[nn.Module, str, nn.Module]],
+    ) -> FitResult:
+        cfg = self.config
+        acc = self.accelerator
+        device = acc.device
+        self._wrapped = wrapped
 
         def optimizer_step(names: list[str], group_params: list[nn.Parameter]) -> None:
             if cfg.clip_grad_norm is not None:
