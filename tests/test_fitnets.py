@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -262,3 +267,52 @@ def test_readme_examples_run() -> None:
     assert run_readme_example("<!-- example:fitnets -->") == [("FitNets", 3), ("KD", 8)]
     sample = torch.randn(8, 1, 8, 8)  # the FSP example reuses the FitNets example's batch
     assert run_readme_example("<!-- example:fsp -->", x=sample) == [("Supervised", 8)]
+
+
+RUNNER = Path(__file__).with_name("_ddp_runner.py")
+
+
+@pytest.mark.skipif(
+    shutil.which("torchrun") is None or not RUNNER.is_file(), reason="needs torchrun"
+)
+def test_two_processes_match_one_process(tmp_path: Path) -> None:
+    """The stage-1 forward stops inside DDP's forward, so gradients are still synchronised:
+    2 processes with half batches give the weights of 1 process with the whole batch."""
+    recipe = {
+        "seed": 0,
+        "data": {"name": "digits", "subset": 161, "batch_size": 16},
+        "models": {"teacher": {"arch": "mlp-a"}, "student": {"arch": "mlp-b"}},
+        "train": {"epochs": 1, "optimizer": {"lr": 0.1}},
+        "stages": [
+            {"method": "train", "model": "teacher"},
+            {
+                "method": "fitnets",
+                "teacher": "teacher",
+                "student": "student",
+                "hint_layer": "2",  # BatchNorm-free MLPs: per-process statistics would differ
+                "guided_layer": "2",
+            },
+        ],
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(json.dumps(recipe))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    args = ["run", str(path), "--quiet", "--out"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    torchrun = [shutil.which("torchrun") or "", "--nproc_per_node", "2"]
+    torchrun += ["--master_addr", "127.0.0.1", "--master_port", port, str(RUNNER)]
+    for command in (
+        [sys.executable, str(RUNNER), *args, str(tmp_path / "one"), "--set", "data.batch_size=32"],
+        [*torchrun, *args, str(tmp_path / "two")],
+    ):
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    for phase in ("hint", "kd"):
+        one, two = (
+            torch.load(tmp_path / run / f"checkpoints/student/{phase}/final.pt", weights_only=True)
+            for run in ("one", "two")
+        )
+        for key, value in one["models"]["student"].items():
+            assert torch.allclose(value, two["models"]["student"][key], atol=1e-5), (phase, key)

@@ -51,6 +51,7 @@ __all__ = [
     "pick_tensor",
     "probe",
     "resolve_module",
+    "unwrap",
 ]
 
 
@@ -114,14 +115,27 @@ def pick_tensor(value: Any, select: Selector = None, *, what: str = "value") -> 
     return found
 
 
+_WRAPPERS = (nn.parallel.DistributedDataParallel, nn.DataParallel)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside DistributedDataParallel / DataParallel wrappers (``model`` itself when
+    it is not wrapped): layer names are those of the wrapped model."""
+    while isinstance(model, _WRAPPERS):
+        model = model.module
+    return model
+
+
 def resolve_module(model: nn.Module, name: str) -> nn.Module:
-    """The submodule of ``model`` called ``name`` (dotted; ``""`` is ``model`` itself).
+    """The submodule of ``model`` called ``name`` (dotted; ``""`` is ``model`` itself), looking
+    through data-parallel wrappers (:func:`unwrap`).
 
     Raises:
         ConfigError: no such submodule; the message lists the closest existing names.
     """
     if not isinstance(name, str):
         raise ConfigError(f"a layer name must be a string, got {name!r}")
+    model = unwrap(model)
     try:
         module = model.get_submodule(name)
     except AttributeError:
@@ -184,7 +198,7 @@ class Taps:
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         modules = {name: resolve_module(model, name) for name in self.names}
         try:
-            self._handles.append(model.register_forward_pre_hook(self._reset))
+            self._handles.append(unwrap(model).register_forward_pre_hook(self._reset))
             for name, module in modules.items():
                 kind = capture[name] if isinstance(capture, Mapping) else capture
                 if kind not in ("output", "input"):
@@ -246,21 +260,40 @@ class Taps:
         Layers after the last tapped one do not run at all: no compute, and no BatchNorm
         running statistics updated. Returns the features by name.
 
+        The stop happens inside the (unwrapped) model's forward, which then returns the
+        features, so a DistributedDataParallel wrapper around the model sees a normal forward:
+        it finds the parameters the features used and synchronises their gradients.
+
         Raises:
             ConfigError: the forward ended without running some tapped layer.
         """
+        inner = unwrap(self.model)
+        shadowed = inner.__dict__.get("forward")
+        original = inner.forward
+
+        def forward_until_captured(*a: Any, **k: Any) -> Any:
+            try:
+                return original(*a, **k)
+            except _Stop:
+                return dict(self._features)
+
         self._features.clear()
         self._stop_when_complete = True
+        inner.forward = forward_until_captured
         try:
             self.model(*args, **kwargs)
         except _Stop:
-            pass
+            pass  # the model itself is tapped: its hook fires after its forward returned
         finally:
             self._stop_when_complete = False
+            if shadowed is None:
+                del inner.forward
+            else:
+                inner.forward = shadowed
         missing = [n for n in self.names if n not in self._features]
         if missing:
             raise ConfigError(
-                f"layers {missing} did not run in a forward of {type(self.model).__name__}; "
+                f"layers {missing} did not run in a forward of {type(inner).__name__}; "
                 "tap layers that the forward calls"
             )
         return dict(self._features)
