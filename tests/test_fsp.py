@@ -198,6 +198,9 @@ def test_user_models_by_layer_names() -> None:
     assert student.fc.weight.grad is None
     with pytest.raises(ConfigError, match="not a zoo model"):
         FSP(teacher, student, x)
+    vector = [{"student": ["body.conv_in", "fc"], "teacher": ["body.conv_in", "fc"]}]
+    with pytest.raises(ConfigError, match=r"layer 'fc' gives shape \[4, 10\]; FSP matrices"):
+        FSP(teacher, student, x, pairs=vector)
 
 
 FSP_RECIPE = {

@@ -140,13 +140,19 @@ class FSP(FeatureStage):
         self.finetune = finetune
         self.temperature = temperature
         self.alpha = alpha
+        for model, features in (("student", self.student_probe), ("teacher", self.teacher_probe)):
+            for name, feature in features.items():
+                if feature.dim() != 4:
+                    raise ConfigError(
+                        f"{model} layer {name!r} gives shape {list(feature.shape)}; FSP "
+                        "matrices need [N, C, H, W] feature maps"
+                    )
         # Keyed "<pair>_<0|1>": module names cannot hold the dots of layer names.
         self.adapters = nn.ModuleDict()
         for index, pair in enumerate(checked):
             for side in (0, 1):
                 source = self.student_probe[pair.student[side]]
                 target = self.teacher_probe[pair.teacher[side]]
-                self._check_map(index, pair, side, source, target)
                 if source.shape[1] == target.shape[1]:
                     continue
                 if not student_adapters:
@@ -155,19 +161,6 @@ class FSP(FeatureStage):
                 shape = (source.shape[0], target.shape[1], *source.shape[2:])
                 self.adapters[f"{index}_{side}"] = build_adapter(source.shape, shape).to(
                     source.device
-                )
-
-    def _check_map(
-        self, index: int, pair: FSPPair, side: int, source: torch.Tensor, target: torch.Tensor
-    ) -> None:
-        for model, name, feature in (
-            ("student", pair.student[side], source),
-            ("teacher", pair.teacher[side], target),
-        ):
-            if feature.dim() != 4:
-                raise ConfigError(
-                    f"pairs.{index}: {model} layer {name!r} gives shape "
-                    f"{list(feature.shape)}; FSP matrices need [N, C, H, W] feature maps"
                 )
 
     def _channel_message(self, index: int, pair: FSPPair) -> str:
@@ -182,7 +175,9 @@ class FSP(FeatureStage):
             "1×1 convs (not in the paper)"
         )
 
-    def _student_map(self, features: dict[str, torch.Tensor], index: int, side: int) -> Any:
+    def _student_map(
+        self, features: dict[str, torch.Tensor], index: int, side: int
+    ) -> torch.Tensor:
         feature = features[self.pairs[index].student[side]]
         key = f"{index}_{side}"
         return self.adapters[key](feature) if key in self.adapters else feature
