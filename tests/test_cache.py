@@ -197,3 +197,30 @@ def test_pipeline_rebuilds_when_teacher_data_or_views_change(
     after = json.loads((cache_dir / "cache.json").read_text())["fingerprint"]
     assert after != before
     assert "stale" in capsys.readouterr().out
+
+
+def test_each_takd_link_and_the_fitnets_kd_phase_use_the_cache(tmp_path: Path) -> None:
+    raw = recipe(tmp_path)
+    raw["models"].update({"assistant": {"arch": "cnn-4"}, "fitted": {"arch": "cnn-2"}})
+    raw["stages"][1] = {
+        "method": "takd",
+        "chain": ["teacher", "assistant", "student"],
+        "cache": "teacher",
+    }
+    raw["stages"].append(
+        {
+            "method": "fitnets",
+            "teacher": "teacher",
+            "student": "fitted",
+            "hint_layer": "stages.1",
+            "guided_layer": "stages.1",
+            "hint": {"epochs": 1},
+            "cache": "teacher",
+        }
+    )
+    out = tmp_path / "run"
+    Pipeline(parse_recipe(raw), out, progress=False).run()
+    phases = json.loads((out / "progress.json").read_text())["phases"]
+    for key in ["student/link1", "student/link2", "fitted/kd"]:
+        assert phases[key]["cache"]["teacher_calls"] == 3, key  # first epoch only
+    assert "cache" not in phases["fitted/hint"]

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..errors import ConfigError
-from .base import Phase, StageContext, StageSpec, logits_of
+from .base import Phase, StageContext, StageSpec, TeacherCacheFields, logits_of
 from .kd import KD
 
 R = TypeVar("R")
@@ -154,12 +154,15 @@ class TAKD:
         return [fit(kd) for kd in self.links(start)]
 
 
-class TAKDStage(StageSpec):
+class TAKDStage(StageSpec, TeacherCacheFields):
     """``{method: takd, chain: [teacher, assistant, ..., student], temperature, alpha}``.
 
     - ``temperature`` / ``alpha``: one value for every link, or a list of one per link.
     - ``link_train``: optional list of one mapping per link overriding the stage's training
       settings for that link (``[{epochs: 20}, {}]``); ``{}`` or ``null`` keeps them.
+
+    - the teacher-cache fields of :class:`~distill.methods.base.TeacherCacheFields`
+      (``cache: teacher``...) apply to every link, each with its own cache.
 
     One phase per link, named ``link1``, ``link2``, ... A link whose student is already trained
     when the stage starts (by an earlier stage, or loaded from ``models.NAME.checkpoint``) is
@@ -256,12 +259,18 @@ class TAKDStage(StageSpec):
             phases.append(
                 Phase(
                     name=f"link{index + 1}",
-                    build=lambda index=index: takd.link(index),
+                    build=lambda index=index: self._link(takd, index),
                     trains=[student],
                     train=config,
+                    cache=self.cache_settings(),
                 )
             )
         return phases
+
+    def _link(self, takd: TAKD, index: int) -> KD:
+        kd = takd.link(index)
+        kd.teacher_precision = self.teacher_precision
+        return kd
 
     def check(self, ctx: StageContext) -> None:
         check_same_classes(ctx, f"stage {self.stage_name()!r} (takd): chain", self.chain)
