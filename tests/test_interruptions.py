@@ -93,8 +93,8 @@ def test_sigint_stops_cleanly_with_a_resumable_checkpoint(tmp_path: Path) -> Non
 
     raw = json.loads(json.dumps(TINY_RECIPE))
     raw["data"]["subset"] = None  # the whole of digits: enough steps to land inside an epoch
-    raw["data"]["batch_size"] = 8
-    raw["train"]["epochs"] = 4
+    raw["data"]["batch_size"] = 16
+    raw["train"]["epochs"] = 2
     raw["stages"] = raw["stages"][:1]
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(raw))
@@ -136,4 +136,4 @@ def test_sigint_stops_cleanly_with_a_resumable_checkpoint(tmp_path: Path) -> Non
     )
     assert resumed.returncode == 0, resumed.stderr
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["stages"][0]["epochs"] == 4
+    assert summary["stages"][0]["epochs"] == 2
