@@ -14,13 +14,13 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from pydantic import ValidationError, ValidationInfo
+from pydantic import Field, ValidationError, ValidationInfo
 from torch import nn
 
 from ..config import TrainConfig
 from ..errors import ConfigError, did_you_mean
 from ..taps import Taps, feeding_parameters, probe, resolve_module
-from .base import Distiller, freeze
+from .base import Distiller, StageContext, StageSpec, freeze
 
 
 def merged_train(train: TrainConfig, overrides: dict[str, Any] | None) -> TrainConfig:
@@ -177,3 +177,35 @@ class FeatureStage(Distiller):
     def second_stage(self) -> Distiller:  # pragma: no cover - every subclass overrides it
         """The stage-2 Distiller, on the whole student (calls :meth:`release`)."""
         raise NotImplementedError
+
+
+class FeatureStageSpec(StageSpec):
+    """Recipe fields and checks shared by the ``fitnets`` and ``fsp`` stages: the teacher, the
+    student and stage 2's KD settings. Subclasses build their stage-1 Distiller in
+    :meth:`build_stage_one` and list their phases."""
+
+    teacher: str
+    student: str
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(0.9, ge=0, le=1)
+
+    def produces(self) -> list[str]:
+        return [self.student]
+
+    def uses(self) -> list[str]:
+        return [self.teacher]
+
+    def build_stage_one(self, ctx: StageContext) -> FeatureStage:  # pragma: no cover
+        raise NotImplementedError
+
+    def stage_one(self, ctx: StageContext) -> FeatureStage:
+        """The stage-1 Distiller on ``ctx``'s models; a configuration error names the stage."""
+        try:
+            return self.build_stage_one(ctx)
+        except ConfigError as exc:
+            raise ConfigError(f"stage {self.stage_name()!r} ({self.method}): {exc}") from None
+
+    def check(self, ctx: StageContext) -> None:
+        # A dry build on the untrained models: layer names, defaults, shapes and channels.
+        with untouched(ctx.models[self.teacher], ctx.models[self.student]):
+            self.stage_one(ctx)

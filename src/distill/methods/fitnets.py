@@ -22,19 +22,18 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from ..adapters import build_adapter
-from ..errors import ConfigError
 from ..losses import hint_loss
 from ._staged import (
     FeatureStage,
+    FeatureStageSpec,
     check_kd_settings,
     check_layer,
     check_overrides,
     merged_train,
-    untouched,
     zoo_sections,
 )
-from .base import Output, Phase, StageContext, StageSpec, TeacherCacheFields
-from .kd import KD
+from .base import Output, Phase, StageContext, TeacherCacheFields
+from .kd import KD, KDStage
 
 
 def middle_layer(model: nn.Module, role: str) -> str:
@@ -112,77 +111,49 @@ class FitNets(FeatureStage):
         return KD(self.teacher, self.student, self.temperature, self.alpha)
 
 
-class FitNetsStage(StageSpec, TeacherCacheFields):
+class FitNetsStage(FeatureStageSpec, TeacherCacheFields):
     """``{method: fitnets, teacher, student, hint_layer, guided_layer, hint: {...}}``.
 
     Two phases: ``hint`` (stage 1, trained with the stage's settings with ``hint`` merged over
-    them, e.g. ``hint: {epochs: 5, optimizer: {lr: 0.01}}``), then ``kd`` (stage 2, the stage's
-    own settings, with ``temperature`` and ``alpha``; the teacher-cache fields of
-    :class:`~distill.methods.base.TeacherCacheFields` apply to this phase).
+    them, e.g. ``hint: {epochs: 5, optimizer: {lr: 0.01}}``), then ``kd``: exactly the phase of
+    a ``kd`` stage with the stage's own settings, ``temperature``, ``alpha`` and the
+    teacher-cache fields of :class:`~distill.methods.base.TeacherCacheFields`.
     """
 
     method: Literal["fitnets"] = "fitnets"
-    teacher: str
-    student: str
     hint_layer: str | None = None
     guided_layer: str | None = None
     regressor_relu: bool | None = None
-    temperature: float = Field(4.0, gt=0)
-    alpha: float = Field(0.9, ge=0, le=1)
     hint: dict[str, Any] = Field(default_factory=dict)
 
     _hint_fits = field_validator("hint")(check_overrides)
 
-    def produces(self) -> list[str]:
-        return [self.student]
-
-    def uses(self) -> list[str]:
-        return [self.teacher]
-
-    def stage_one(self, ctx: StageContext) -> FitNets:
-        """The hint phase's Distiller on ``ctx``'s models."""
-        try:
-            return FitNets(
-                ctx.models[self.teacher],
-                ctx.models[self.student],
-                ctx.sample_inputs,
-                hint_layer=self.hint_layer,
-                guided_layer=self.guided_layer,
-                regressor_relu=self.regressor_relu,
-                temperature=self.temperature,
-                alpha=self.alpha,
-            )
-        except ConfigError as exc:
-            raise ConfigError(f"stage {self.stage_name()!r} (fitnets): {exc}") from None
-
-    def check(self, ctx: StageContext) -> None:
-        # A dry build: layer names, defaults and the regressor's shapes, on untrained models.
-        with untouched(ctx.models[self.teacher], ctx.models[self.student]):
-            self.stage_one(ctx)
+    def build_stage_one(self, ctx: StageContext) -> FitNets:
+        return FitNets(
+            ctx.models[self.teacher],
+            ctx.models[self.student],
+            ctx.sample_inputs,
+            hint_layer=self.hint_layer,
+            guided_layer=self.guided_layer,
+            regressor_relu=self.regressor_relu,
+            temperature=self.temperature,
+            alpha=self.alpha,
+        )
 
     def phases(self, ctx: StageContext) -> list[Phase]:
-        def build_kd() -> KD:
-            return KD(
-                ctx.models[self.teacher],
-                ctx.models[self.student],
-                self.temperature,
-                self.alpha,
-                teacher_precision=self.teacher_precision,
-            )
-
-        return [
-            Phase(
-                name="hint",
-                build=lambda: self.stage_one(ctx),
-                trains=[self.student],
-                train=merged_train(self.train, self.hint),
-                after=FitNets.release,
-            ),
-            Phase(
-                name="kd",
-                build=build_kd,
-                trains=[self.student],
-                train=self.train,
-                cache=self.cache_settings(),
-            ),
-        ]
+        kd = KDStage(
+            teacher=self.teacher,
+            student=self.student,
+            temperature=self.temperature,
+            alpha=self.alpha,
+            train=self.train,
+            **self.model_dump(include=set(TeacherCacheFields.model_fields)),
+        )
+        hint = Phase(
+            name="hint",
+            build=lambda: self.stage_one(ctx),
+            trains=[self.student],
+            train=merged_train(self.train, self.hint),
+            after=FitNets.release,
+        )
+        return [hint, *kd.phases(ctx)]

@@ -31,14 +31,14 @@ from ..errors import ConfigError
 from ..losses import fsp_loss, fsp_matrix
 from ._staged import (
     FeatureStage,
+    FeatureStageSpec,
     check_kd_settings,
     check_layer,
     check_overrides,
     merged_train,
-    untouched,
     zoo_sections,
 )
-from .base import Distiller, Output, Phase, StageContext, StageSpec
+from .base import Distiller, Output, Phase, StageContext
 from .kd import KD
 from .supervised import Supervised
 
@@ -215,7 +215,7 @@ def second_stage(
     return Supervised(student)
 
 
-class FSPStage(StageSpec):
+class FSPStage(FeatureStageSpec):
     """``{method: fsp, teacher, student, pairs: [...], fsp: {...}, finetune: ce}``.
 
     Two phases: ``fsp`` (stage 1, the stage's settings with ``fsp`` merged over them), then
@@ -223,43 +223,24 @@ class FSPStage(StageSpec):
     """
 
     method: Literal["fsp"] = "fsp"
-    teacher: str
-    student: str
     pairs: list[FSPPair] | None = Field(None, min_length=1)
     student_adapters: bool = False
     finetune: Literal["ce", "kd"] = "ce"
-    temperature: float = Field(4.0, gt=0)
-    alpha: float = Field(0.9, ge=0, le=1)
     fsp: dict[str, Any] = Field(default_factory=dict)
 
     _fsp_fits = field_validator("fsp")(check_overrides)
 
-    def produces(self) -> list[str]:
-        return [self.student]
-
-    def uses(self) -> list[str]:
-        return [self.teacher]
-
-    def stage_one(self, ctx: StageContext) -> FSP:
-        """The ``fsp`` phase's Distiller on ``ctx``'s models."""
-        try:
-            return FSP(
-                ctx.models[self.teacher],
-                ctx.models[self.student],
-                ctx.sample_inputs,
-                pairs=self.pairs,
-                student_adapters=self.student_adapters,
-                finetune=self.finetune,
-                temperature=self.temperature,
-                alpha=self.alpha,
-            )
-        except ConfigError as exc:
-            raise ConfigError(f"stage {self.stage_name()!r} (fsp): {exc}") from None
-
-    def check(self, ctx: StageContext) -> None:
-        # A dry build: layer names, default pairs, map ranks and channel counts.
-        with untouched(ctx.models[self.teacher], ctx.models[self.student]):
-            self.stage_one(ctx)
+    def build_stage_one(self, ctx: StageContext) -> FSP:
+        return FSP(
+            ctx.models[self.teacher],
+            ctx.models[self.student],
+            ctx.sample_inputs,
+            pairs=self.pairs,
+            student_adapters=self.student_adapters,
+            finetune=self.finetune,
+            temperature=self.temperature,
+            alpha=self.alpha,
+        )
 
     def phases(self, ctx: StageContext) -> list[Phase]:
         teacher, student = ctx.models[self.teacher], ctx.models[self.student]
