@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import copy
+import os
 from typing import Any
 
 import pytest
+import torch
+
+# The tests train tiny models, for which one thread is faster than several (and the
+# subprocesses they start inherit the setting).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 TINY_RECIPE: dict[str, Any] = {
     "seed": 0,

@@ -440,9 +440,16 @@ class Trainer:
             method.to(memory_format=torch.channels_last)
         if cfg.compile:
             # In place, so parameter names (and so checkpoints) stay the same.
-            for module in method.children():
-                if any(True for _ in module.parameters()):
-                    module.compile()
+            for child in method.children():
+                # A cohort keeps its members in a container: compile each member.
+                members = (
+                    list(child.children())
+                    if isinstance(child, (nn.ModuleDict, nn.ModuleList))
+                    else [child]
+                )
+                for module in members:
+                    if any(True for _ in module.parameters()):
+                        module.compile()
 
         sampler = EpochSampler(len(train_data), self.seed)
         loader = DataLoader(
@@ -543,9 +550,10 @@ class Trainer:
 
         def optimizer_step(names: list[str], group_params: list[nn.Parameter]) -> None:
             if cfg.clip_grad_norm is not None:
+                # Per group: one cohort member's gradient norm must not clip another's.
                 for name in names:
                     scaler.unscale_(optimizers[name])
-                torch.nn.utils.clip_grad_norm_(group_params, cfg.clip_grad_norm)
+                    torch.nn.utils.clip_grad_norm_(groups[name], cfg.clip_grad_norm)
             for name in names:
                 scaler.step(optimizers[name])
             scaler.update()
