@@ -168,7 +168,8 @@ class Taps:
 
     Args:
         model: any ``nn.Module``; it is not changed except for the hooks, which are removed
-            by :meth:`close` (or when the ``with`` block ends).
+            by :meth:`close` (or when the ``with`` block ends). In a DistributedDataParallel
+            or DataParallel wrapper, names are those of the wrapped model.
         names: one dotted name or several.
         capture: ``"output"`` (default) or ``"input"``; or a mapping from name to either.
         select: which tensor to keep when there are several (see :func:`pick_tensor`); one
