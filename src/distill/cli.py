@@ -220,8 +220,7 @@ def _resume_command(args: argparse.Namespace) -> str:
         return f"distill run {args.recipe} --out {out}{sets} --resume"
     if args.command == "demo":
         return (
-            f"distill demo --data {args.data} --methods {args.methods} --out {out}{sets} "
-            "--resume"
+            f"distill demo --data {args.data} --methods {args.methods} --out {out}{sets} --resume"
         )
     return "the same command with --resume"
 

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from .config import TRAIN_FIELDS, DataConfig, ModelConfig, TrainConfig
+from .config import TRAIN_FIELDS, DataConfig, ModelConfig, TrainConfig, deep_merge
 from .errors import ConfigError, did_you_mean
 from .methods import METHODS, StageSpec
 
@@ -114,17 +114,6 @@ def _validate(model: type[BaseModel], value: Any, prefix: str, **kw: Any) -> Any
         return model.model_validate(value)
     except ValidationError as exc:
         raise ConfigError(_errors_to_message(exc, prefix, model, **kw)) from None
-
-
-def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with ``override`` merged in, recursively for nested dicts."""
-    merged = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
 
 
 def apply_override(raw: dict[str, Any], assignment: str) -> None:

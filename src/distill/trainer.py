@@ -548,7 +548,7 @@ class Trainer:
         device = acc.device
         self._wrapped = wrapped
 
-        def optimizer_step(names: list[str], group_params: list[nn.Parameter]) -> None:
+        def optimizer_step(names: list[str]) -> None:
             if cfg.clip_grad_norm is not None:
                 # Per group: one cohort member's gradient norm must not clip another's.
                 for name in names:
@@ -637,7 +637,7 @@ class Trainer:
                             if not check_finite(out, epoch, index):
                                 continue
                             scaler.scale(out.loss).backward()
-                            optimizer_step([name], groups[name])
+                            optimizer_step([name])
                     else:
                         with autocast(device, cfg.precision):
                             out = method(inputs, targets, **extra)
@@ -646,7 +646,7 @@ class Trainer:
                         outputs.append(out)
                         scaler.scale(out.loss / cfg.grad_accum_steps).backward()
                         if (index + 1) % cfg.grad_accum_steps == 0 or index + 1 == batches:
-                            optimizer_step(all_groups, params)
+                            optimizer_step(all_groups)
                     n = targets.shape[0]
                     seen += n
                     for out in outputs:
@@ -705,17 +705,8 @@ class Trainer:
                 self._save(
                     epoch + 1,
                     {
-                        "format": EPOCH_FORMAT,
+                        **self._state(method, optimizers, schedulers, scaler, result),
                         "epoch": epoch + 1,
-                        "method": {
-                            k: v.detach().cpu() for k, v in method.trainable_state_dict().items()
-                        },
-                        "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-                        "schedulers": {k: sc.state_dict() for k, sc in schedulers.items()},
-                        "scaler": scaler.state_dict(),
-                        "rng": rng_state(),
-                        "history": result.history,
-                        "seconds": result.seconds,
                     },
                 )
                 if self.progress and acc.is_main_process:

@@ -17,7 +17,7 @@ import torch
 from pydantic import Field, ValidationError, ValidationInfo
 from torch import nn
 
-from ..config import TrainConfig
+from ..config import TrainConfig, deep_merge
 from ..errors import ConfigError, did_you_mean
 from ..taps import Taps, feeding_parameters, probe, resolve_module
 from .base import Distiller, StageContext, StageSpec, freeze
@@ -32,15 +32,8 @@ def merged_train(train: TrainConfig, overrides: dict[str, Any] | None) -> TrainC
     if not overrides:
         return train
 
-    def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-        out = dict(base)
-        for key, value in extra.items():
-            both = isinstance(value, dict) and isinstance(out.get(key), dict)
-            out[key] = merge(out[key], value) if both else value
-        return out
-
     try:
-        return TrainConfig.model_validate(merge(train.model_dump(), overrides))
+        return TrainConfig.model_validate(deep_merge(train.model_dump(), overrides))
     except ValidationError as exc:
         problems = []
         for err in exc.errors():

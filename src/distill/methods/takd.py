@@ -18,7 +18,7 @@ import torch
 from pydantic import Field, PrivateAttr, ValidationError, ValidationInfo, field_validator
 from torch import nn
 
-from ..config import TrainConfig
+from ..config import TrainConfig, deep_merge
 from ..errors import ConfigError
 from .base import Phase, StageContext, StageSpec, TeacherCacheFields, logits_of
 from .kd import KD
@@ -320,15 +320,8 @@ def _merged_train(train: TrainConfig, override: dict[str, Any] | None, index: in
     if not override:
         return train
 
-    def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-        out = dict(base)
-        for key, value in extra.items():
-            both_maps = isinstance(value, dict) and isinstance(out.get(key), dict)
-            out[key] = merge(out[key], value) if both_maps else value
-        return out
-
     try:
-        return TrainConfig.model_validate(merge(train.model_dump(), override))
+        return TrainConfig.model_validate(deep_merge(train.model_dump(), override))
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'value'}: "
