@@ -14,13 +14,13 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from pydantic import Field, ValidationError, ValidationInfo
+from pydantic import ValidationError, ValidationInfo
 from torch import nn
 
 from ..config import TrainConfig, deep_merge
 from ..errors import ConfigError, did_you_mean
 from ..taps import Taps, feeding_parameters, probe, resolve_module
-from .base import Distiller, StageContext, StageSpec, freeze
+from .base import Distiller, StageContext, TeacherStudentSpec, freeze
 
 
 def merged_train(train: TrainConfig, overrides: dict[str, Any] | None) -> TrainConfig:
@@ -172,21 +172,10 @@ class FeatureStage(Distiller):
         raise NotImplementedError
 
 
-class FeatureStageSpec(StageSpec):
+class FeatureStageSpec(TeacherStudentSpec):
     """Recipe fields and checks shared by the ``fitnets`` and ``fsp`` stages: the teacher, the
     student and stage 2's KD settings. Subclasses build their stage-1 Distiller in
     :meth:`build_stage_one` and list their phases."""
-
-    teacher: str
-    student: str
-    temperature: float = Field(4.0, gt=0)
-    alpha: float = Field(0.9, ge=0, le=1)
-
-    def produces(self) -> list[str]:
-        return [self.student]
-
-    def uses(self) -> list[str]:
-        return [self.teacher]
 
     def build_stage_one(self, ctx: StageContext) -> FeatureStage:  # pragma: no cover
         raise NotImplementedError

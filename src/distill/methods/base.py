@@ -253,3 +253,20 @@ class StageSpec(Strict):
         if self.model_dump().get("cache", "none") == "none":
             skip |= set(TeacherCacheFields.model_fields) - {"teacher_precision"}
         return {k: v for k, v in self.model_dump().items() if k not in skip}
+
+
+class TeacherStudentSpec(StageSpec):
+    """Fields of the stages that distil one student from one teacher (``kd``, ``fitnets``,
+    ``fsp``): ``teacher``, ``student``, and the KD ``temperature`` (> 0) and ``alpha``
+    (in [0, 1]) of their KD loss."""
+
+    teacher: str
+    student: str
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(0.9, ge=0, le=1)
+
+    def produces(self) -> list[str]:
+        return [self.student]
+
+    def uses(self) -> list[str]:
+        return [self.teacher]

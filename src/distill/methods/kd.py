@@ -6,7 +6,6 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import nn
 
 from ..cache import TeacherCache
@@ -16,8 +15,8 @@ from .base import (
     Output,
     Phase,
     StageContext,
-    StageSpec,
     TeacherCacheFields,
+    TeacherStudentSpec,
     freeze,
     logits_of,
 )
@@ -112,22 +111,12 @@ class KD(Distiller):
         return Output(loss=loss, parts={k: v.detach() for k, v in parts.items()}, logits=logits)
 
 
-class KDStage(StageSpec, TeacherCacheFields):
+class KDStage(TeacherStudentSpec, TeacherCacheFields):
     """``{method: kd, teacher: NAME, student: NAME, temperature: 4.0, alpha: 0.9}``, plus the
     teacher-cache fields of :class:`~distill.methods.base.TeacherCacheFields`
     (``cache: teacher``...)."""
 
     method: Literal["kd"] = "kd"
-    teacher: str
-    student: str
-    temperature: float = Field(4.0, gt=0)
-    alpha: float = Field(0.9, ge=0, le=1)
-
-    def produces(self) -> list[str]:
-        return [self.student]
-
-    def uses(self) -> list[str]:
-        return [self.teacher]
 
     def phases(self, ctx: StageContext) -> list[Phase]:
         def build() -> KD:
