@@ -196,6 +196,44 @@ CASES: dict[str, tuple[Any, list[str], list[str]]] = {
         [],
         ["other-classes.pt", "3 classes", "10"],
     ),
+    "unknown layer name": (
+        lambda raw, tmp: raw["stages"].append(
+            {
+                "method": "fitnets",
+                "teacher": "teacher",
+                "student": "student_kd",
+                "hint_layer": "stages.9",
+                "guided_layer": "stages.1",
+            }
+        ),
+        [],
+        ["stages.9", "stages.1"],
+    ),
+    "shapes no adapter can match": (
+        lambda raw, tmp: raw["stages"].append(
+            {
+                "method": "fitnets",
+                "teacher": "teacher",
+                "student": "student_kd",
+                "hint_layer": "head.fc",
+                "guided_layer": "stages.1",
+            }
+        ),
+        [],
+        ["10", "32"],
+    ),
+    "FSP pairs with mismatched channels": (
+        lambda raw, tmp: raw["stages"].append(
+            {
+                "method": "fsp",
+                "teacher": "teacher",
+                "student": "student_kd",
+                "pairs": [{"student": ["stem", "stages.1"], "teacher": ["stem", "stages.1"]}],
+            }
+        ),
+        [],
+        ["student_adapters"],
+    ),
     "output directory not writable": (None, ["--out", "{tmp}/afile/run"], ["afile", "--out"]),
     "malformed --set": (None, ["--set", "train.epochs"], ["--set", "KEY=VALUE"]),
     "--set into a missing list item": (
