@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import re
 import statistics
 import sys
@@ -33,8 +32,13 @@ from typing import Any
 import torch
 
 import distill
+from distill.config import deep_merge
+from distill.demo import DEMO_METHODS
 from distill.pipeline import Pipeline
 from distill.recipe import parse_recipe
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speed import device_label  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "benchmarks.md"
@@ -116,27 +120,12 @@ def build_recipe(
         {"method": "train", "model": "teacher", "epochs": b["teacher_epochs"]},
         {"method": "train", "model": "student"},
         {"method": "kd", "teacher": "teacher", "student": "student_kd", "cache": "teacher", **kd},
-        {
-            "method": "fitnets",
-            "teacher": "teacher",
-            "student": "student_fitnets",
-            "hint_layer": "stages.1",
-            "guided_layer": "stages.1",
-            "hint": {"epochs": b["hint_epochs"]},
-            "cache": "teacher",
-            **kd,
-        },
-        {
-            "method": "fsp",
-            "teacher": "teacher",
-            "student": "student_fsp",
-            "pairs": [
-                {"student": ["stem", "stages.0"], "teacher": ["stem", "stages.0"]},
-                {"student": ["stages.0", "stages.1"], "teacher": ["stages.0", "stages.1"]},
-            ],
-            "fsp": {"epochs": b["hint_epochs"], "optimizer": {"lr": 2.0e-4}},
-            "finetune": "ce",
-        },
+        # The demo's layer choices (resnet20 teacher, cnn-2 student), with this budget.
+        deep_merge(
+            DEMO_METHODS["fitnets"][1],
+            {"hint": {"epochs": b["hint_epochs"]}, "cache": "teacher", **kd},
+        ),
+        deep_merge(DEMO_METHODS["fsp"][1], {"fsp": {"epochs": b["hint_epochs"]}}),
         {
             "method": "takd",
             "chain": ["teacher", "assistant", "student_takd"],
@@ -265,15 +254,7 @@ def aggregate(summaries: list[dict[str, Any]], rows: list[tuple[str, str, str]])
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    return f"{device_label(torch.device('cpu'))}, torch {torch.__version__}"
 
 
 def markdown(

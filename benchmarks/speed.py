@@ -37,18 +37,10 @@ from distill.models import count_parameters, create
 from distill.trainer import Trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fsp_matrix import fsp_broadcast  # noqa: E402
+from fsp_matrix import _status_bytes, fsp_broadcast, mib  # noqa: E402
 
 BEGIN = "<!-- speed:begin -->"
 END = "<!-- speed:end -->"
-
-
-def _status_bytes(key: str) -> int:
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith(key):
-                return int(line.split()[1]) * 1024
-    raise KeyError(key)
 
 
 def measure(fn: Callable[[], float | None], device: torch.device) -> tuple[float, int | None]:
@@ -313,10 +305,6 @@ def device_label(device: torch.device) -> str:
     except OSError:
         pass
     return f"CPU {cpu}, {torch.get_num_threads()} threads"
-
-
-def mib(n: float | None) -> str:
-    return "n/a" if n is None else f"{n / 2**20:,.1f} MiB"
 
 
 def write_section(path: Path, table: str) -> None:
