@@ -469,7 +469,6 @@ class Trainer:
         groups = {k: v for k, v in method.optimizer_groups().items() if v}
         if not groups:
             raise DistillError("the method has no trainable parameters")
-        params = [p for group in groups.values() for p in group]
         optimizers = {
             k: OPTIMIZERS[cfg.optimizer.name](v, cfg.optimizer) for k, v in groups.items()
         }
@@ -514,7 +513,6 @@ class Trainer:
                 schedulers,
                 scaler,
                 groups,
-                params,
                 batches,
                 result,
                 start_epoch,
@@ -536,7 +534,6 @@ class Trainer:
         schedulers: dict[str, Any],
         scaler: torch.amp.GradScaler,
         groups: dict[str, list[nn.Parameter]],
-        params: list[nn.Parameter],
         batches: int,
         result: FitResult,
         start_epoch: int,
