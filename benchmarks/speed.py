@@ -307,16 +307,23 @@ def device_label(device: torch.device) -> str:
     return f"CPU {cpu}, {torch.get_num_threads()} threads"
 
 
-def write_section(path: Path, table: str) -> None:
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        text = head + table + tail
+def replace_section(path: Path, begin: str, end: str, section: str, heading: str) -> None:
+    """Put ``section`` (which starts with ``begin`` and ends with ``end``) in place of the part
+    of ``path`` between those markers, or append it under ``heading`` if they are absent."""
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    section = section.rstrip("\n")
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        text = head + section + tail
     else:
-        text = text.rstrip() + "\n\n## Speed\n\n" + table + "\n"
+        text = (text.rstrip() or "# Benchmarks") + f"\n\n{heading}\n\n{section}\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
+
+
+def write_section(path: Path, table: str) -> None:
+    replace_section(path, BEGIN, END, table, "## Speed")
 
 
 if __name__ == "__main__":
