@@ -68,13 +68,19 @@ DEFAULT_T, DEFAULT_ALPHA = 4.0, 0.9
 
 # What the published results lead one to expect, per method (shown under the table).
 EXPECTATIONS = {
-    "KD": "KD (Hinton et al., 2015) typically adds +1 to +2 points to a small student.",
-    "FitNets": "FitNets (Romero et al., 2015) is about as good as KD or slightly below on "
-    "CIFAR in later re-evaluations (e.g. CRD, Tian et al., 2020).",
-    "FSP": "FSP (Yim et al., 2017) usually lands below KD in those re-evaluations.",
-    "TAKD": "TAKD (Mirzadeh et al., 2020) gives small gains over KD, mainly when the "
+    "KD": "KD (Hinton et al., 2015): on MNIST the paper's small net made 146 test errors alone "
+    "and 74 with soft targets; on CIFAR-100 (RepDistiller's table of five teacher-student "
+    "pairs) KD adds +0.8 to +2.6 points over the student alone.",
+    "FitNets": "FitNets (Romero et al., 2015): in the same CIFAR-100 table, -0.1 to +1.0 points "
+    "over the student alone, below KD in four of five pairs (that table runs it as one stage, "
+    "CE + hint; here it is the paper's two stages, hint then KD).",
+    "FSP": "FSP (Yim et al., 2017): -0.4 to +0.9 points over the student alone in that table, "
+    "below KD in all five pairs; its second stage is plain cross-entropy, with no soft labels.",
+    "TAKD": "TAKD (Mirzadeh et al., 2020): CIFAR-100 ResNet8 from ResNet110: 61.37 alone, 61.41 "
+    "by KD, 61.82 through a ResNet20 assistant; the gain over KD is small and shows when the "
     "teacher-student gap is large.",
-    "DML": "DML (Zhang et al., 2018) gives 0 to +1.2 points over the student alone.",
+    "DML": "DML (Zhang et al., 2018): reproductions report 0 to +1.2 points for ResNet-32 "
+    "pairs on CIFAR-100 over the same network trained alone.",
 }
 
 
@@ -97,7 +103,7 @@ def budget(args: argparse.Namespace) -> dict[str, Any]:
         "teacher_epochs": 15,
         "hint_epochs": 3,
         "large_teacher": "resnet56",
-        "large_assistants": 1,
+        "large_assistants": 2,
         "batch_size": 128,
     }
     chosen = dict(quick if args.quick else full)
@@ -484,13 +490,19 @@ def markdown(
 
 def readme_section(table: list[dict[str, Any]], b: dict[str, Any]) -> str:
     """The README's headline table: the student's rows only."""
+    teachers = {r["arch"]: r for r in table if r["group"] == "teacher"}
+
+    def teacher(arch: str) -> str:
+        r = teachers[arch]
+        return f"`{arch}` ({r['params']:,} parameters, {r['mean']:.2f}%)"
+
     lines = [
         README_BEGIN,
         f"Fashion-MNIST test accuracy of the `{STUDENT}` student "
         f"({by_name(table, 'student')['params']:,} parameters), mean ± std over "
         f"{b['seeds']} seeds, {b['subset']:,} training images, "
-        f"{b['epochs']} epochs; teachers `{TEACHER}` and, for the large gap, "
-        f"`{b['large_teacher']}`:",
+        f"{b['epochs']} epochs; teacher {teacher(TEACHER)} and, for the large gap, "
+        f"{teacher(b['large_teacher'])}:",
         "",
         "| student trained by | test acc (%) | gain (points) |",
         "|---|---|---|",
@@ -584,7 +596,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, help="batch size (default 128; 64 with --quick)")
     p.add_argument("--large-teacher", help="teacher of the large-gap setting (resnet56)")
     p.add_argument(
-        "--large-assistants", type=int, help="assistants in the large-gap TAKD chain (default 1)"
+        "--large-assistants",
+        type=int,
+        help="assistants in the large-gap TAKD chain (default 2; 1 with --quick)",
     )
     p.add_argument(
         "--no-tune",

@@ -83,9 +83,11 @@ def test_gains_are_per_seed_differences_against_the_same_architecture(tmp_path: 
     names = [r[1] for r in rows]
     seed0 = summary({n: 0.80 for n in names} | {"student_kd": 0.82, "peer_alone": 0.85})
     seed1 = summary({n: 0.70 for n in names} | {"student_kd": 0.73, "peer_alone": 0.75})
-    teacher = summary({"teacher": 0.9})
-    teacher["models"]["teacher"]["arch"] = "resnet20"
-    table = accuracy.aggregate([seed0, seed1], rows, {"teacher (resnet20)": teacher})
+    teachers = {}
+    for arch in ("resnet20", "resnet56"):
+        teachers[f"teacher ({arch})"] = summary({"teacher": 0.9})
+        teachers[f"teacher ({arch})"]["models"]["teacher"]["arch"] = arch
+    table = accuracy.aggregate([seed0, seed1], rows, teachers)
     kd = accuracy.by_name(table, "student_kd")
     assert kd["mean"] == pytest.approx(77.5)
     assert kd["gain"] == pytest.approx(2.5)  # mean of +2 and +3, not 77.5 - 75
