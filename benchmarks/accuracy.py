@@ -251,19 +251,24 @@ def run(recipe: dict[str, Any], out: Path) -> dict[str, Any]:
     (kept in ``out/wall.json``, so a finished run that is only read back keeps its time).
     """
     RAN[out.name] = (recipe, out)
-    done, wall_file = out / "summary.json", out / "wall.json"
-    spent = json.loads(wall_file.read_text())["seconds"] if wall_file.is_file() else 0.0
-    if done.is_file() and (out / "progress.json").is_file():
-        state = json.loads((out / "progress.json").read_text())
-        if state.get("fingerprint") == parse_recipe(recipe).fingerprint():
-            return {**json.loads(done.read_text()), "wall_seconds": spent}
+    fingerprint = parse_recipe(recipe).fingerprint()
+    done, progress, wall_file = out / "summary.json", out / "progress.json", out / "wall.json"
+
+    def ours() -> bool:
+        return progress.is_file() and json.loads(progress.read_text()).get("fingerprint") == (
+            fingerprint
+        )
+
+    spent = json.loads(wall_file.read_text())["seconds"] if ours() and wall_file.is_file() else 0.0
+    if done.is_file() and ours():
+        return {**json.loads(done.read_text()), "wall_seconds": spent}
     t0 = time.perf_counter()
     try:
         summary = Pipeline(
             parse_recipe(recipe), out, resume=True, progress=False, log=lambda _m: None
         ).run()
     finally:
-        if out.is_dir():
+        if ours():  # never write into another recipe's run directory
             spent += time.perf_counter() - t0
             wall_file.write_text(json.dumps({"seconds": round(spent, 1)}) + "\n")
     return {**summary, "wall_seconds": spent}
@@ -685,5 +690,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """:func:`main` with a one-line message, not a traceback, for the library's errors."""
+    try:
+        return main(argv)
+    except distill.DistillError as exc:
+        print(f"accuracy.py: error: {exc}", file=sys.stderr)
+        if "different recipe" in str(exc):
+            print(
+                "accuracy.py: the flags (or the code) changed since that run; pass another "
+                "--out to keep both",
+                file=sys.stderr,
+            )
+        return 2
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli())

@@ -151,3 +151,15 @@ def test_exported_teacher_paths_are_relative_to_the_repository(tmp_path: Path) -
         == "runs/x/teacher-resnet20/checkpoints/teacher.pt"
     )
     assert "--out runs/x/seed-0" in path.read_text()
+
+
+def test_a_folder_of_another_recipe_is_refused_and_left_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "teacher-resnet20"
+    folder.mkdir(parents=True)
+    (folder / "progress.json").write_text('{"fingerprint": "another", "source": "x.yaml"}')
+    assert accuracy.cli(["--quick", "--out", str(tmp_path), "--no-docs"]) == 2
+    err = capsys.readouterr().err
+    assert "different recipe" in err and "pass another --out" in err
+    assert sorted(p.name for p in folder.iterdir()) == ["progress.json"]
