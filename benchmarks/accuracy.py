@@ -226,8 +226,17 @@ def build_recipe(
     ]
     ladder = distill.assistant_ladder(large, STUDENT, b["large_assistants"], in_channels=1)
     names = ["teacher_large"]
+    helper_rows: list[Row] = []
     for i, arch in enumerate(ladder[1:-1]):
         models[f"large_assistant{i + 1}"] = arch
+        helper_rows.append(
+            (
+                f"  assistant {i + 1} ({arch}, KD from {ladder[i]})",
+                f"large_assistant{i + 1}",
+                "helper",
+                None,
+            )
+        )
         names.append(f"large_assistant{i + 1}")
     models["student_large_takd"] = STUDENT
     names.append("student_large_takd")
@@ -368,6 +377,7 @@ def aggregate(
                 "gain": gm,
                 "gain_std": gsd,
                 "base": base,
+                "values": acc,
                 "params": first["params"],
                 "seconds": statistics.fmean(model_seconds(s, name) for s in summaries),
             }
@@ -407,11 +417,32 @@ def findings(table: list[dict[str, Any]], seeds: int) -> list[str]:
             f"{r['label']}: {r['gain']:+.2f} points over the student alone, "
             f"{r['mean'] - kd['mean']:+.2f} against KD."
         )
+    teachers = [r for r in table if r["group"] == "teacher"]
+    if len(teachers) == 2:
+        small, big = teachers
+        ratio = big["params"] / by_name(table, "student")["params"]
+        lines.append(
+            f"The large teacher ({big['arch']}, {ratio:.0f}x the student's parameters) scores "
+            f"{big['mean'] - small['mean']:+.2f} points against {small['arch']} with this "
+            "budget: the large gap is one of size more than of accuracy."
+        )
+    diff = [t - k for t, k in zip(large_takd["values"], large_kd["values"], strict=True)]
     lines.append(
-        f"Large gap: KD from the large teacher {fmt_gain(large_kd)} points, TAKD through "
-        f"assistants {fmt_gain(large_takd)}; TAKD - KD = "
-        f"{large_takd['mean'] - large_kd['mean']:+.2f} points."
+        f"Large gap: KD from the large teacher {fmt_gain(large_kd)} points over the student "
+        f"alone, TAKD through assistants {fmt_gain(large_takd)}; TAKD - KD, per seed: "
+        f"{statistics.fmean(diff):+.2f} ± {mean_std(diff)[1]:.2f} points."
     )
+    helpers = [r for r in table if r["group"] == "helper"]
+    if helpers:
+        lines.append(
+            "Assistants trained by KD: "
+            + "; ".join(
+                f"{r['label'].strip()} {r['mean']:.2f}%"
+                + ("" if r["gain"] is None else f" ({fmt_gain(r)} over the same net alone)")
+                for r in helpers
+            )
+            + "."
+        )
     dml = [by_name(table, n) for n in ("student_dml_same", "dml_peer_same")]
     dml_large = [by_name(table, n) for n in ("student_dml_large", "dml_peer_large")]
     lines.append(
