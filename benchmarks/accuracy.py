@@ -242,6 +242,7 @@ def build_recipe(
     names.append("student_large_takd")
     stages.append({"method": "takd", "chain": names, "cache": "teacher", **kd})
     rows.append((f"TAKD {' → '.join(ladder)} (large gap)", "student_large_takd", "TAKD", "student"))
+    rows += helper_rows
     recipe = base_recipe(seed, b, data_dir)
     recipe["models"] = {
         name: spec if isinstance(spec, dict) else {"arch": spec} for name, spec in models.items()
@@ -402,8 +403,25 @@ def by_name(table: list[dict[str, Any]], name: str) -> dict[str, Any]:
     return next(r for r in table if r["name"] == name and r["group"] != "teacher")
 
 
-def findings(table: list[dict[str, Any]], seeds: int) -> list[str]:
-    """Sentences that read the measured table (so they stay true when it is regenerated)."""
+def final_fit(run_dir: Path, names: list[str]) -> dict[str, tuple[float, float]]:
+    """Last epoch's training cross-entropy and validation loss of models trained alone."""
+    fit = {}
+    path = run_dir / "metrics.jsonl"
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        record = json.loads(line)
+        if record.get("method") == "train" and record.get("model") in names:
+            fit[record["model"]] = (record["train"]["ce"], record["val_loss"])
+    return fit
+
+
+def findings(
+    table: list[dict[str, Any]], seeds: int, fit: dict[str, tuple[float, float]] | None = None
+) -> list[str]:
+    """Sentences that read the measured table (so they stay true when it is regenerated).
+
+    ``fit`` (from :func:`final_fit` on seed 0) adds the training-vs-validation loss of the
+    models trained alone to the DML sentence when DML members lose.
+    """
     kd, large_kd = by_name(table, "student_kd"), by_name(table, "student_large_kd")
     large_takd = by_name(table, "student_large_takd")
     verdict = "meets" if kd["gain"] >= 1.0 else "misses"
@@ -452,6 +470,22 @@ def findings(table: list[dict[str, Any]], seeds: int) -> list[str]:
         + f"{fmt_gain(dml_large[0])} over cnn-2 alone, cnn-4 {fmt_gain(dml_large[1])} over "
         + "cnn-4 alone."
     )
+    if (
+        fit
+        and "student" in fit
+        and "peer_alone" in fit
+        and by_name(table, "dml_peer_same")["gain"] < 0
+    ):
+        (s_ce, s_val), (p_ce, p_val) = fit["student"], fit["peer_alone"]
+        lines.append(
+            "Why DML members of the same size lose here: DML's published gains come from "
+            "networks that overfit their training set, where a peer's soft predictions "
+            f"regularise; with this budget {STUDENT} and {ASSISTANT} trained alone underfit "
+            f"(last epoch, seed 0: training cross-entropy {s_ce:.2f} and {p_ce:.2f} against "
+            f"validation loss {s_val:.2f} and {p_val:.2f}), so the mutual term mostly pulls each "
+            "member toward a peer no better than itself. With a larger peer the small member "
+            "learns from it as from a teacher, and the larger one pays for it."
+        )
     return lines
 
 
@@ -464,6 +498,7 @@ def markdown(
     wall: float,
     sizes: dict[str, int],
     device: str = "cpu",
+    fit: dict[str, tuple[float, float]] | None = None,
 ) -> str:
     begin, end, plot_name, _ = TARGETS[device]
     command = "python benchmarks/accuracy.py" + "".join(f" {a}" for a in sys.argv[1:])
@@ -517,7 +552,7 @@ def markdown(
         "**What this run shows.**",
         "",
     ]
-    lines += [f"- {text}" for text in findings(table, b["seeds"])]
+    lines += [f"- {text}" for text in findings(table, b["seeds"], fit)]
     lines += ["", "**What the published results lead one to expect.**", ""]
     lines += [f"- {text}" for text in EXPECTATIONS.values()]
     lines += ["", f"![accuracy per method]({plot_name})", end]
@@ -549,7 +584,8 @@ def readme_section(table: list[dict[str, Any]], b: dict[str, Any]) -> str:
             lines.append(f"| {r['label']} | {acc} | {fmt_gain(r)} |")
     lines += [
         "",
-        "Every method, the teachers, timings, the hyper-parameter search and the command: "
+        "Every model, the teachers, timings, the hyper-parameter search, what the papers "
+        "report and the command: "
         "[docs/benchmarks.md](docs/benchmarks.md#accuracy).",
         README_END,
     ]
@@ -694,12 +730,13 @@ def main(argv: list[str] | None = None) -> int:
     for r in table:
         std = "" if r["std"] is None else f" ± {r['std']:4.2f}"
         print(f"{r['label']:<48} {r['mean']:6.2f}{std:8}  {fmt_gain(r):>14}  {r['seconds']:6.0f}s")
-    for line in findings(table, b["seeds"]):
+    fit = final_fit(out / "seed-0", ["student", "peer_alone"])
+    for line in findings(table, b["seeds"], fit):
         print("-", line)
     print(f"total {wall:.0f} s")
     device = device_type()
     begin, end, plot_name, heading = TARGETS[device]
-    section = markdown(table, b, args, hp, hp_note, wall, summaries[0]["data"], device)
+    section = markdown(table, b, args, hp, hp_note, wall, summaries[0]["data"], device, fit)
     title = (
         f"Fashion-MNIST test accuracy ({device}), {b['seeds']} seed(s), {b['subset']} images, "
         f"{b['epochs']} epochs" + (" — QUICK SMOKE RUN" if args.quick else "")
