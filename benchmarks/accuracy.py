@@ -92,7 +92,7 @@ def budget(args: argparse.Namespace) -> dict[str, Any]:
         "epochs": 8,
         "teacher_epochs": 8,
         "hint_epochs": 2,
-        "large_teacher": "resnet14",
+        "large_teacher": "resnet32",
         "large_assistants": 1,
         "batch_size": 64,
     }

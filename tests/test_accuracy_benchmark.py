@@ -62,8 +62,8 @@ def test_recipes_are_valid_and_load_the_shared_teachers(tmp_path: Path, quick: b
 
 
 def test_explicit_flags_override_the_budget() -> None:
-    b = accuracy.budget(namespace(quick=True, seeds=2, large_teacher="resnet32"))
-    assert (b["seeds"], b["large_teacher"], b["subset"]) == (2, "resnet32", 3000)
+    b = accuracy.budget(namespace(quick=True, seeds=2, large_teacher="resnet56"))
+    assert (b["seeds"], b["large_teacher"], b["subset"]) == (2, "resnet56", 3000)
 
 
 def summary(acc: dict[str, float]) -> dict[str, Any]:
