@@ -687,6 +687,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     b = budget(args)
+    for key in ("seeds", "epochs", "teacher_epochs", "hint_epochs", "batch_size"):
+        if b[key] < 1:
+            p.error(f"--{key.replace('_', '-')} must be at least 1; got {b[key]}")
     out = Path(args.out or ("runs/accuracy-quick" if args.quick else "runs/accuracy"))
 
     teachers: dict[str, dict[str, Any]] = {}

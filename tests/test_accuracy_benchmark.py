@@ -163,3 +163,10 @@ def test_a_folder_of_another_recipe_is_refused_and_left_alone(
     err = capsys.readouterr().err
     assert "different recipe" in err and "pass another --out" in err
     assert sorted(p.name for p in folder.iterdir()) == ["progress.json"]
+
+
+def test_a_budget_of_zero_seeds_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        accuracy.cli(["--quick", "--seeds", "0", "--no-docs"])
+    assert exc.value.code == 2
+    assert "--seeds must be at least 1; got 0" in capsys.readouterr().err
