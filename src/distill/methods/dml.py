@@ -17,7 +17,7 @@ from torch import nn
 
 from ..losses import mutual_terms
 from .base import Distiller, Output, Phase, StageContext, StageSpec, freeze, logits_of
-from .takd import check_same_classes
+from .takd import check_distinct, check_same_classes
 
 UPDATES = ("joint", "sequential")
 
@@ -206,9 +206,7 @@ class DMLStage(StageSpec):
     @field_validator("cohort")
     @classmethod
     def _distinct_members(cls, cohort: list[str]) -> list[str]:
-        repeated = sorted({name for name in cohort if cohort.count(name) > 1})
-        if repeated:
-            raise ValueError(f"each model may appear once in a cohort; repeated: {repeated}")
+        check_distinct(cohort, "a cohort")
         dotted = [name for name in cohort if "." in name]
         if dotted:
             raise ValueError(f"cohort model names cannot contain '.'; rename {dotted}")

@@ -26,6 +26,14 @@ from .kd import KD
 R = TypeVar("R")
 
 
+def check_distinct(names: list[str], where: str) -> list[str]:
+    """Return ``names``; raise ``ValueError`` (a recipe validation error) if one repeats."""
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"each model may appear once in {where}; repeated: {repeated}")
+    return names
+
+
 def check_same_classes(ctx: StageContext, where: str, names: Sequence[str]) -> None:
     """Raise :class:`ConfigError` unless the named models' outputs on ``ctx.sample_inputs`` have
     one shape (they must predict the same classes to teach each other).
@@ -181,10 +189,7 @@ class TAKDStage(StageSpec, TeacherCacheFields):
     @field_validator("chain")
     @classmethod
     def _distinct_models(cls, chain: list[str]) -> list[str]:
-        repeated = sorted({name for name in chain if chain.count(name) > 1})
-        if repeated:
-            raise ValueError(f"each model may appear once in a chain; repeated: {repeated}")
-        return chain
+        return check_distinct(chain, "a chain")
 
     @field_validator("temperature", "alpha", mode="before")
     @classmethod
