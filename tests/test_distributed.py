@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
+from _weights import assert_same_weights, final_weights
 
 RUNNER = Path(__file__).with_name("_ddp_runner.py")
 TORCHRUN = shutil.which("torchrun")
@@ -78,18 +78,9 @@ def run(out: Path, recipe: Path, processes: int, *extra: str) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-def weights(out: Path) -> dict[str, dict[str, torch.Tensor]]:
-    return {
-        p.stem: torch.load(p, weights_only=True)["state_dict"]
-        for p in (out / "checkpoints").glob("*.pt")
-    }
-
-
 def assert_same(a: dict, b: dict, atol: float) -> None:
     assert set(a) == set(b)
-    for model in a:
-        for key, value in a[model].items():
-            assert torch.allclose(value, b[model][key], atol=atol), (model, key)
+    assert_same_weights(a, b, atol=atol)
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +95,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def test_two_processes_match_one_process_with_the_global_batch(runs: dict) -> None:
-    assert_same(weights(runs["single"]), weights(runs["double"]), atol=1e-5)
+    assert_same(final_weights(runs["single"]), final_weights(runs["double"]), atol=1e-5)
 
 
 def test_one_writer_and_whole_set_validation(runs: dict) -> None:
@@ -143,4 +134,4 @@ def test_killed_two_process_run_resumes_to_the_same_weights(runs: dict) -> None:
     proc.wait(timeout=60)
     assert not (out / "summary.json").exists(), "killed before the end"
     run(out, runs["recipe"], 2, "--resume")
-    assert_same(weights(runs["double"]), weights(out), atol=0)
+    assert_same(final_weights(runs["double"]), final_weights(out), atol=0)

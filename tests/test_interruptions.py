@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
+from _weights import assert_same_weights, final_weights
 
 RUNNER = Path(__file__).with_name("_interrupt_runner.py")
 
@@ -33,13 +33,6 @@ def launch(point: str, n: int, recipe: Path, out: Path, *extra: str) -> subproce
         *extra,
     ]
     return subprocess.run(args, capture_output=True, text=True, timeout=300)
-
-
-def model_weights(out: Path) -> dict[str, dict[str, torch.Tensor]]:
-    return {
-        p.stem: torch.load(p, weights_only=True)["state_dict"]
-        for p in sorted((out / "checkpoints").glob("*.pt"))
-    }
 
 
 @pytest.fixture(scope="module")
@@ -74,11 +67,9 @@ def test_sigkill_then_resume_matches_uninterrupted_run(
     assert not (out / "summary.json").exists()
     resumed = launch("none", 0, recipe, out, "--resume")
     assert resumed.returncode == 0, resumed.stderr
-    want, got = model_weights(straight), model_weights(out)
+    want, got = final_weights(straight), final_weights(out)
     assert set(got) == {"teacher", "student", "student_kd"}
-    for model, state in want.items():
-        for key, value in state.items():
-            assert torch.equal(value, got[model][key]), (point, n, model, key)
+    assert_same_weights(want, got, point, n)
     summary = json.loads((out / "summary.json").read_text())
     reference = json.loads((straight / "summary.json").read_text())
     assert [s["name"] for s in summary["stages"]] == [s["name"] for s in reference["stages"]]

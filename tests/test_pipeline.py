@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _weights import assert_same_weights, final_weights
 
 from distill.errors import ConfigError
 from distill.pipeline import Pipeline
@@ -19,13 +20,6 @@ class Crash(RuntimeError):
 
 def run(raw: dict, out: Path, **kw) -> dict:
     return Pipeline(parse_recipe(raw), out, progress=False, **kw).run()
-
-
-def final_weights(out: Path) -> dict[str, dict[str, torch.Tensor]]:
-    weights = {}
-    for path in sorted((out / "checkpoints").glob("*.pt")):
-        weights[path.stem] = torch.load(path, weights_only=True)["state_dict"]
-    return weights
 
 
 def test_outputs_and_stage_hand_over(tmp_path: Path, tiny_recipe: dict) -> None:
@@ -103,9 +97,7 @@ def test_resume_gives_same_weights_as_straight_run(
 
     want, got = final_weights(straight), final_weights(out)
     assert set(want) == set(got) == {"teacher", "student", "student_kd"}
-    for model in want:
-        for key, value in want[model].items():
-            assert torch.equal(value, got[model][key]), (model, key)
+    assert_same_weights(want, got)
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 6, "a resumed run repeats no metric line and loses none"
     assert summary["models"]["student_kd"]["val_accuracy"] == pytest.approx(
