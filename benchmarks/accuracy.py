@@ -38,7 +38,7 @@ import torch
 
 import distill
 from distill.config import deep_merge
-from distill.demo import DEMO_METHODS
+from distill.demo import DEMO_METHODS, DEMO_SETTINGS
 from distill.pipeline import Pipeline
 from distill.recipe import parse_recipe
 
@@ -126,11 +126,8 @@ def base_recipe(seed: int, b: dict[str, Any], data_dir: str | None) -> dict[str,
     return {
         "seed": seed,
         "data": data,
-        "train": {
-            "epochs": b["epochs"],
-            "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5.0e-4},
-            "schedule": {"name": "cosine"},
-        },
+        # The demo's optimizer and schedule on this dataset, with this budget's epochs.
+        "train": deep_merge(DEMO_SETTINGS["fashion-mnist"]["train"], {"epochs": b["epochs"]}),
     }
 
 
@@ -489,6 +486,15 @@ def findings(
     return lines
 
 
+def optimizer_text() -> str:
+    """The shared optimizer and schedule in words, e.g. ``sgd (lr 0.05, momentum 0.9), cosine
+    schedule``."""
+    train = DEMO_SETTINGS["fashion-mnist"]["train"]
+    settings = {k: v for k, v in train["optimizer"].items() if k != "name"}
+    shown = ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in settings.items())
+    return f"{train['optimizer']['name'].upper()} ({shown}), {train['schedule']['name']} schedule"
+
+
 def markdown(
     table: list[dict[str, Any]],
     b: dict[str, Any],
@@ -514,7 +520,7 @@ def markdown(
         f"**Budget.** Fashion-MNIST, the first {b['subset']:,} training images: "
         f"{sizes['train']:,} for training and {sizes['val']:,} for validation (a seeded split); "
         f"scores on the official {sizes['test']:,}-image test set. Batch {b['batch_size']}, "
-        "SGD (lr 0.05, momentum 0.9, weight decay 5e-4), cosine schedule; "
+        f"{optimizer_text()}; "
         f"{b['epochs']} epochs per student, assistant and DML cohort; {b['hint_epochs']} extra "
         f"hint (FitNets) or FSP epochs before those; {b['teacher_epochs']} epochs per teacher. "
         f"Each teacher is trained once (seed 0) and loaded by every seed; everything else is "
