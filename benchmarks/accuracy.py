@@ -258,7 +258,8 @@ def run(recipe: dict[str, Any], out: Path) -> dict[str, Any]:
     (kept in ``out/wall.json``, so a finished run that is only read back keeps its time).
     """
     RAN[out.name] = (recipe, out)
-    fingerprint = parse_recipe(recipe).fingerprint()
+    parsed = parse_recipe(recipe)
+    fingerprint = parsed.fingerprint()
     done, progress, wall_file = out / "summary.json", out / "progress.json", out / "wall.json"
 
     def ours() -> bool:
@@ -271,9 +272,7 @@ def run(recipe: dict[str, Any], out: Path) -> dict[str, Any]:
         return {**json.loads(done.read_text()), "wall_seconds": spent}
     t0 = time.perf_counter()
     try:
-        summary = Pipeline(
-            parse_recipe(recipe), out, resume=True, progress=False, log=lambda _m: None
-        ).run()
+        summary = Pipeline(parsed, out, resume=True, progress=False, log=lambda _m: None).run()
     finally:
         if ours():  # never write into another recipe's run directory
             spent += time.perf_counter() - t0
