@@ -4,8 +4,9 @@ The student matches the *structure* of the teacher's embeddings of a batch, not 
 embeddings themselves: the distances between every pair and the angles of every triplet. Only
 relations are compared, so the two embeddings may have different widths.
 
-Defaults: distance weight 25, angle weight 50 (the paper's and RepDistiller's ``RKDLoss``,
-mdistiller's ``RKD.DISTANCE_WEIGHT`` / ``ANGLE_WEIGHT``), applied by :func:`rkd_loss`.
+Defaults: distance weight 25, angle weight 50 (the paper's classification setting,
+RepDistiller's ``RKDLoss``, mdistiller's ``RKD.DISTANCE_WEIGHT`` / ``ANGLE_WEIGHT``), applied by
+:func:`rkd_loss`.
 RepDistiller's CIFAR-100 script adds this to CE with weight 1 (``--distill rkd -a 0 -b 1``),
 on the penultimate (pooled) features.
 
@@ -119,7 +120,8 @@ def rkd_loss(
 ) -> torch.Tensor:
     r"""RKD: :math:`w_D \cdot \mathrm{distance} + w_A \cdot \mathrm{angle}`.
 
-    See :func:`rkd_terms`; the defaults 25 and 50 are the paper's and RepDistiller's.
+    See :func:`rkd_terms`; the defaults 25 and 50 are the paper's (classification) and
+    RepDistiller's.
 
     Returns:
         A float32 scalar.
