@@ -38,7 +38,7 @@ import torch
 
 import distill
 from distill.config import deep_merge
-from distill.demo import DEMO_METHODS, DEMO_SETTINGS
+from distill.demo import DEMO_SETTINGS, demo_methods
 from distill.pipeline import Pipeline
 from distill.recipe import parse_recipe
 
@@ -186,10 +186,10 @@ def build_recipe(
         {"method": "kd", "teacher": "teacher", "student": "student_kd", "cache": "teacher", **kd},
         # The demo's layer choices (resnet20 teacher, cnn-2 student), with this budget.
         deep_merge(
-            DEMO_METHODS["fitnets"][1],
+            demo_methods()["fitnets"].stage,
             {"hint": {"epochs": b["hint_epochs"]}, "cache": "teacher", **kd},
         ),
-        deep_merge(DEMO_METHODS["fsp"][1], {"fsp": {"epochs": b["hint_epochs"]}}),
+        deep_merge(demo_methods()["fsp"].stage, {"fsp": {"epochs": b["hint_epochs"]}}),
         {
             "method": "takd",
             "chain": ["teacher", "assistant", "student_takd"],

@@ -34,7 +34,8 @@ from distill.data import load_data
 from distill.losses import fsp_matrix
 from distill.methods import KD, Supervised
 from distill.models import count_parameters, create
-from distill.trainer import Trainer
+from distill.teachers import Teacher
+from distill.training import Trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fsp_matrix import _status_bytes, fsp_broadcast, mib  # noqa: E402
@@ -87,8 +88,8 @@ def main() -> None:
     )
     train = Subset(bundle.train, range(min(args.images, len(bundle.train))))
     torch.manual_seed(0)
-    teacher = create(args.teacher, 10, 1).to(device).eval()
-    student = create(args.student, 10, 1).to(device)
+    teacher = create(args.teacher, num_classes=10, in_channels=1).to(device).eval()
+    student = create(args.student, num_classes=10, in_channels=1).to(device)
     cfg = TrainConfig(epochs=1)
 
     def epoch(method, data=train, config=cfg) -> float:  # noqa: ANN001
@@ -104,14 +105,14 @@ def main() -> None:
     views = Subset(base_views, range(len(train)))
 
     def cached(which: str) -> float:
-        method = KD(teacher, student)
-        method.cache = TeacherCache(len(base_views), 10, "bench", CacheSettings())
+        store = TeacherCache(len(base_views), 10, "bench", CacheSettings())
+        method = KD(Teacher(teacher, store=store), student)
         if which == "warm":
             epoch(method, views)  # fill, untimed
         return epoch(method, views)
 
     def kd_bf16() -> float:
-        return epoch(KD(teacher, student, teacher_precision="bf16"))
+        return epoch(KD(Teacher(teacher, precision="bf16"), student))
 
     def kd_channels_last() -> float:
         return epoch(KD(teacher, student), config=TrainConfig(epochs=1, channels_last=True))
@@ -127,7 +128,10 @@ def main() -> None:
     }
     if args.compile:
         rows["online KD, torch.compile"] = lambda: epoch(
-            KD(create(args.teacher, 10, 1).to(device).eval(), create(args.student, 10, 1)),
+            KD(
+                create(args.teacher, num_classes=10, in_channels=1).to(device).eval(),
+                create(args.student, num_classes=10, in_channels=1),
+            ),
             config=TrainConfig(epochs=1, compile=True),
         )
     try:
@@ -257,7 +261,10 @@ def dml_table(device: torch.device, repeats: int, batch: int, arch: str) -> list
     from distill.methods import DML
 
     torch.manual_seed(0)
-    a, b = create(arch, 10, 1).to(device), create(arch, 10, 1).to(device)
+    a, b = (
+        create(arch, num_classes=10, in_channels=1).to(device),
+        create(arch, num_classes=10, in_channels=1).to(device),
+    )
     x = torch.randn(batch, 1, 28, 28, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
     dml = DML({"a": a, "b": b})

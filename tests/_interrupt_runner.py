@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 
-import distill.checkpoint as checkpoint
+import distill.files as checkpoint
 import distill.methods.base as base
 import distill.pipeline as pipeline
 from distill.cli import main

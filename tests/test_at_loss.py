@@ -137,7 +137,7 @@ def test_float32_under_bf16_autocast() -> None:
 
 def test_bad_arguments() -> None:
     x = torch.randn(2, 3, 4, 4)
-    with pytest.raises(ValueError, match=r"p must be a finite number > 0, got 0"):
+    with pytest.raises(ValueError, match=r"p must be a finite number greater than 0, got 0"):
         attention_map(x, 0)
     with pytest.raises(ValueError, match=r"p must be .* got -1"):
         at_loss(x, x, p=-1)

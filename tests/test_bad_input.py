@@ -11,10 +11,9 @@ import pytest
 import torch
 import yaml
 
-from distill.checkpoint import save_model
 from distill.cli import main
 from distill.data import DATASETS, RawData, register_dataset
-from distill.models import create
+from distill.models import create, save_model
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -143,7 +142,7 @@ CASES: dict[str, tuple[Any, list[str], list[str]]] = {
     "alpha outside [0, 1]": (
         setter("stages.2.alpha", 2),
         [],
-        ["stages.2.alpha", "less than or equal to 1", "got 2"],
+        ["stages.2.alpha", "in [0, 1]", "got 2"],
     ),
     "epochs zero in a stage": (setter("stages.1.epochs", 0), [], ["stages.1.epochs", "got 0"]),
     "negative batch size": (setter("data.batch_size", -8), [], ["data.batch_size", "got -8"]),

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import default_collate
 
 from distill.cache import CacheSettings, TeacherCache, ViewDataset
 from distill.data import load_data
@@ -15,11 +16,13 @@ from distill.methods import KD
 from distill.models import create
 from distill.pipeline import Pipeline
 from distill.recipe import parse_recipe
+from distill.teachers import Teacher
 
 
 def models() -> tuple[torch.nn.Module, torch.nn.Module]:
     torch.manual_seed(0)
-    return create("cnn-4", 10, 1), create("cnn-2", 10, 1)
+    teacher = create("cnn-4", num_classes=10, in_channels=1)
+    return teacher, create("cnn-2", num_classes=10, in_channels=1)
 
 
 @pytest.mark.parametrize("augment", ["none", "standard"])
@@ -28,42 +31,61 @@ def test_cached_and_online_give_the_same_loss(augment: str) -> None:
     views = ViewDataset(data.train, views=3, seed=0)
     teacher, student = models()
     online = KD(teacher, student)
-    cached = KD(teacher, student)
-    cached.cache = TeacherCache(len(views) * views.views, 10, "fp", CacheSettings(views=3))
-    batch = [views[i] for i in range(16)]
-    x = torch.stack([b[0] for b in batch])
-    y = torch.stack([torch.as_tensor(b[1]) for b in batch])
-    keys = torch.tensor([b[2] for b in batch])
+    store = TeacherCache(len(views) * views.views, 10, "fp", CacheSettings(views=3))
+    cached = KD(Teacher(teacher, store=store), student)
+    items = [views[i] for i in range(16)]
+    batch = default_collate(items)
     online.eval()
     cached.eval()
-    first = cached(x, y, keys)  # fills
-    calls = cached.teacher_calls
-    second = cached(x, y, keys)  # reads
-    assert cached.teacher_calls == calls, "a filled batch never calls the teacher"
-    want = online(x, y)
+    first = cached(batch)  # fills
+    calls = cached.teacher.calls
+    second = cached(batch)  # reads
+    assert cached.teacher.calls == calls, "a filled batch never calls the teacher"
+    want = online(batch)
     assert torch.allclose(first.loss, want.loss, rtol=1e-5)
     assert torch.allclose(second.loss, want.loss, rtol=2e-3), "float16 storage"
     # The stored output is for exactly the view the student sees: rebuilding the view from
-    # its key gives the same image.
-    for image, _, key in batch[:4]:
-        again, _ = views.view(key // views.views, key % views.views)
-        assert torch.equal(image, again)
+    # its index and view number gives the same image.
+    for item in items[:4]:
+        again = views.view(item["index"], item["view"])
+        assert torch.equal(item["inputs"], again["inputs"])
 
 
 def test_views_are_reproducible_and_vary_across_epochs() -> None:
     data = load_data("digits", subset=40, augment="standard")
     views = ViewDataset(data.train, views=4, seed=3)
     a = views[5]
-    assert torch.equal(a[0], views[5][0]) and a[2] // 4 == 5
+    assert torch.equal(a["inputs"], views[5]["inputs"]) and a["index"] == 5
     chosen = set()
     for epoch in range(12):
         views.set_epoch(epoch)
-        chosen.add(views[5][2] % 4)
+        chosen.add(views[5]["view"])
     assert len(chosen) > 1, "different epochs use different views"
-    distinct = {views.view(5, v)[0].sum().item() for v in range(4)}
+    distinct = {views.view(5, v)["inputs"].sum().item() for v in range(4)}
     assert len(distinct) > 1
     plain = ViewDataset(load_data("digits", subset=40).train, views=4)
     assert plain.views == 1, "without augmentation there is one view"
+
+
+def test_cache_holds_per_token_outputs_of_any_shape() -> None:
+    """A causal LM's outputs are [L - 1, V] per sample; top-k keeps k along the vocabulary."""
+    torch.manual_seed(0)
+    logits = torch.randn(6, 5, 12) * 3
+    batch = {"index": torch.arange(6), "input_ids": torch.zeros(6, 6, dtype=torch.long)}
+    calls = []
+
+    def compute(sub: dict) -> torch.Tensor:
+        calls.append(sub["index"].tolist())
+        return logits[sub["index"]]
+
+    dense = TeacherCache(6, (5, 12), "fp", CacheSettings(dtype="float32"))
+    assert torch.equal(dense.lookup(batch, compute), logits)
+    assert torch.equal(dense.lookup(batch, compute), logits) and calls == [list(range(6))]
+    topk = TeacherCache(6, (5, 12), "fp", CacheSettings(dtype="float32", topk=4), temperature=2.0)
+    rebuilt = torch.softmax(topk.lookup(batch, compute) / 2.0, dim=-1)
+    exact = torch.softmax(logits / 2.0, dim=-1).topk(4, dim=-1)
+    assert torch.allclose(rebuilt.gather(-1, exact.indices), exact.values, atol=1e-6)
+    assert torch.allclose(rebuilt.sum(-1), torch.ones(6, 5), atol=1e-6)
 
 
 def test_topk_keeps_the_top_probabilities_and_spreads_the_rest() -> None:

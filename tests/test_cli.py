@@ -123,7 +123,7 @@ def test_process_exit_code_and_no_traceback(tmp_path: Path, tiny_recipe: dict) -
     )
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
-        "distill: error: stages.2.temperature: must be greater than 0, got -3"
+        "distill: error: stages.2.temperature: must be a finite number greater than 0, got -3"
     )
 
 

@@ -197,7 +197,7 @@ def test_bad_arguments() -> None:
         crd_nce_loss(torch.rand(3, 4), 0)
     with pytest.raises(ValueError, match=r"candidates \[N, K \+ 1, D\]"):
         contrast_scores(s, torch.rand(2, DIM))
-    with pytest.raises(ValueError, match="temperature must be a finite number > 0, got 0"):
+    with pytest.raises(ValueError, match="temperature must be a finite .* than 0, got 0"):
         ContrastMemory(N_SAMPLES, DIM, K, temperature=0)
     with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\), got 1"):
         ContrastMemory(N_SAMPLES, DIM, K, momentum=1)

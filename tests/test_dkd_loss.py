@@ -151,11 +151,11 @@ def test_float32_under_bf16_autocast() -> None:
 
 def test_bad_arguments() -> None:
     s, t, y = torch.randn(2, 3), torch.randn(2, 3), torch.tensor([0, 2])
-    with pytest.raises(ValueError, match="temperature must be a finite number > 0, got 0"):
+    with pytest.raises(ValueError, match="temperature must be a finite .* than 0, got 0"):
         dkd_terms(s, t, y, 0)
     with pytest.raises(ValueError, match="temperature .* got nan"):
         dkd_loss(s, t, y, temperature=math.nan)
-    with pytest.raises(ValueError, match="alpha must be a finite number >= 0, got -1"):
+    with pytest.raises(ValueError, match="alpha must be a finite .* equal to 0, got -1"):
         dkd_loss(s, t, y, alpha=-1)
     with pytest.raises(ValueError, match="beta must be .* got inf"):
         dkd_loss(s, t, y, beta=math.inf)

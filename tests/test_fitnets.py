@@ -26,7 +26,8 @@ from distill.methods import KD, StageContext
 from distill.models import create
 from distill.pipeline import Pipeline
 from distill.recipe import parse_recipe
-from distill.trainer import derive_seed
+from distill.seeding import derive_seed
+from distill.tasks import get_task
 
 
 def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -79,7 +80,7 @@ def test_stage_one_changes_only_the_guided_part_and_regressor() -> None:
 
     # Stage 2 starts from the stage-1 weights, with the whole student and no regressor.
     after_stage_one = snapshot(student)
-    second = method.second_stage()
+    second = method.second_phase()
     assert isinstance(second, KD) and second.student is student
     assert (second.temperature, second.alpha) == (4.0, 0.9)
     assert not changed(after_stage_one, second.student)
@@ -171,10 +172,10 @@ def test_recipe_phases_settings_and_hand_over(straight_run: tuple[Path, dict]) -
 
     spec = parse_recipe(FITNETS_RECIPE).stages[1]
     models = {name: nn.Identity() for name in ("teacher", "student")}
-    context = StageContext(models=models, sample_inputs=torch.zeros(1), num_classes=10)
+    context = StageContext(models=models, sample_batch={}, task=get_task("classification"))
     hint_phase, kd_phase = spec.phases(context)
-    assert hint_phase.train.optimizer.lr == 0.02 and hint_phase.train.optimizer.momentum == 0.8
-    assert (hint_phase.train.epochs, kd_phase.train.optimizer.lr) == (2, 0.05)
+    assert hint_phase.config.optimizer.lr == 0.02 and hint_phase.config.optimizer.momentum == 0.8
+    assert (hint_phase.config.epochs, kd_phase.config.optimizer.lr) == (2, 0.05)
 
     # The hint phase's final weights: later layers exactly as initialised.
     hint_final = torch.load(out / "checkpoints/student/hint/final.pt", weights_only=True)

@@ -139,10 +139,10 @@ def test_fsp_method_trains_only_the_student_side() -> None:
         stem = teacher.stem(x)
         torch.testing.assert_close(teacher_mats[0], fsp_matrix(stem, teacher.stages[0](stem)))
     assert [m.shape for m in student_mats] == [m.shape for m in teacher_mats]
-    second = method.second_stage()
+    second = method.second_phase()
     assert isinstance(second, Supervised) and second.student is student
     assert all(p.requires_grad for p in student.parameters())
-    kd = FSP(teacher, student, x, finetune="kd", temperature=2.0).second_stage()
+    kd = FSP(teacher, student, x, finetune="kd", temperature=2.0).second_phase()
     assert isinstance(kd, KD) and kd.temperature == 2.0
 
 

@@ -101,7 +101,7 @@ def test_float32_under_bf16_autocast() -> None:
 
 def test_bad_arguments() -> None:
     s, t = torch.randn(4, 3), torch.randn(4, 5)
-    with pytest.raises(ValueError, match="eps must be a finite number > 0, got 0"):
+    with pytest.raises(ValueError, match="eps must be a finite number greater than 0, got 0"):
         pkt_loss(s, t, eps=0)
     with pytest.raises(ValueError, match="eps must be .* got nan"):
         pkt_loss(s, t, eps=math.nan)

@@ -103,7 +103,7 @@ def test_bad_arguments() -> None:
         standardize(torch.randn(3, 1))
     with pytest.raises(ValueError, match=r"at least 2 classes .* shape \(\)"):
         standardize(torch.tensor(1.0))
-    with pytest.raises(ValueError, match="eps must be a finite number >= 0, got -1"):
+    with pytest.raises(ValueError, match="eps must be a finite .* equal to 0, got -1"):
         standardize(torch.randn(2, 3), eps=-1)
     with pytest.raises(ValueError, match="eps must be .* got nan"):
         standardize(torch.randn(2, 3), eps=math.nan)

@@ -15,8 +15,7 @@ from torch import nn
 
 import distill.methods.takd as takd_module
 from distill import KD, TAKD, ConfigError, assistant_ladder
-from distill.checkpoint import save_model
-from distill.models import create
+from distill.models import create, save_model
 from distill.pipeline import Pipeline
 from distill.recipe import parse_recipe
 
@@ -41,7 +40,7 @@ def test_links_are_kd_from_the_previous_model_built_lazily() -> None:
     rest = list(links)
     for index, kd in enumerate([first, *rest]):
         assert isinstance(kd, KD)
-        assert kd.teacher is chain[index] and kd.student is chain[index + 1]
+        assert kd.teacher.module is chain[index] and kd.student is chain[index + 1]
         assert kd.temperature == [4.0, 2.0, 1.0][index] and kd.alpha == 0.5
     assert [kd.student for kd in takd.links(start=2)] == [chain[3]]
     assert takd.run(lambda kd: kd.temperature, start=1) == [2.0, 1.0]
@@ -94,10 +93,11 @@ class RecordingKD(KD):
 
     built: list[tuple[int, int, dict[str, torch.Tensor], float]] = []
 
-    def __init__(self, teacher: nn.Module, student: nn.Module, *args: Any) -> None:
-        super().__init__(teacher, student, *args)
-        weights = {k: v.clone() for k, v in teacher.state_dict().items()}
-        RecordingKD.built.append((id(teacher), id(student), weights, self.temperature))
+    def __init__(self, teacher: nn.Module, student: nn.Module, *args: Any, **kw: Any) -> None:
+        super().__init__(teacher, student, *args, **kw)
+        weights = {k: v.clone() for k, v in self.teacher.module.state_dict().items()}
+        module = self.teacher.module
+        RecordingKD.built.append((id(module), id(student), weights, self.temperature))
 
 
 def run(raw: dict, out: Path, **kw: Any) -> tuple[Pipeline, dict]:
@@ -301,7 +301,10 @@ def test_models_with_other_classes_are_refused_before_training(
 
     # A user architecture that ignores num_classes: found by the stage's check, before any
     # stage trains, instead of at its first step.
-    monkeypatch.setitem(MODELS, "odd-net", lambda num_classes, in_channels: create("cnn-2", 7, 1))
+    def odd_net(num_classes: int, in_channels: int) -> torch.nn.Module:
+        return create("cnn-2", num_classes=7, in_channels=in_channels)
+
+    monkeypatch.setitem(MODELS, "odd-net", odd_net)
     raw = base_recipe(tmp_path)
     raw["models"]["odd"] = {"arch": "odd-net"}
     raw["stages"] = [{"method": "train", "model": "mid"}]

@@ -14,7 +14,8 @@ from distill.data import load_data
 from distill.errors import ConfigError
 from distill.methods import KD, Supervised
 from distill.models import create
-from distill.trainer import Trainer, derive_seed, evaluate, lr_factor
+from distill.seeding import derive_seed
+from distill.training import Trainer, evaluate, lr_factor
 
 
 class Crash(RuntimeError):
@@ -87,7 +88,7 @@ def test_truncated_newest_checkpoint_falls_back_to_previous(tmp_path: Path) -> N
     newest = tmp_path / "epoch_0002.pt"
     newest.write_bytes(newest.read_bytes()[:100])
     trainer = Trainer(config(epochs=2), batch_size=32, progress=False, checkpoint_dir=tmp_path)
-    state = trainer.latest_checkpoint()
+    state = trainer.checkpoints.latest()
     assert state is not None and state["epoch"] == 1
 
 

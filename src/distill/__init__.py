@@ -12,15 +12,29 @@ from __future__ import annotations
 
 from .errors import CheckpointError, ConfigError, DataError, DistillError
 from .losses import kd_loss, mutual_loss
-from .methods import DML, KD, METHODS, TAKD, Distiller, Output, Supervised, assistant_ladder
-from .methods.fitnets import FitNets
-from .methods.fsp import FSP
+from .methods import (
+    AT,
+    DML,
+    FSP,
+    KD,
+    METHODS,
+    TAKD,
+    Distiller,
+    FitNets,
+    Output,
+    Progress,
+    Supervised,
+    assistant_ladder,
+)
 from .taps import Taps
-from .trainer import evaluate
+from .tasks import TASKS, Task
+from .teachers import Teacher
+from .training import Trainer, evaluate
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AT",
     "DML",
     "KD",
     "METHODS",
@@ -32,7 +46,12 @@ __all__ = [
     "FSP",
     "FitNets",
     "Output",
+    "Progress",
+    "TASKS",
     "Taps",
+    "Task",
+    "Teacher",
+    "Trainer",
     "Supervised",
     "TAKD",
     "assistant_ladder",

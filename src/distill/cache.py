@@ -8,11 +8,14 @@ view ``v`` of sample ``i`` is rebuilt from a generator seeded by ``(seed, i, v)`
 output is the teacher's output on exactly that view. Teacher and student always see the same
 view.
 
-Keys are ``i * V + v``. Values are stored in float16 by default (float32 on request), or as
-top-k (the k largest logits plus the log-partition at the stage's temperature; the rest of the
-probability mass is spread uniformly over the other classes when read back). Storage is in
-memory, or on disk as memory-mapped ``.npy`` arrays under the run directory, which survive a
-restart.
+A batch's keys are ``index * V + view`` (its ``index`` and ``view`` entries; ``view`` is 0
+when absent). Each key holds one sample's outputs, of any shape (``[C]`` for a classifier,
+``[L−1, V]`` for a causal LM), stored in float16 by default (float32 on request), or as top-k
+along the last dimension (the k largest logits plus the log-partition at the stage's
+temperature; the rest of the probability mass is spread uniformly over the other classes when
+read back). Storage is in memory, or on disk as memory-mapped ``.npy`` arrays under the run
+directory, which survive a restart. A :class:`TeacherCache` is the store of a
+:class:`~distill.teachers.Teacher`: methods never see it.
 
 Every cache carries a fingerprint of the teacher weights, the data, the transform, the view
 count and the storage settings; a mismatch rebuilds it with a message. It is never silently
@@ -24,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,15 +37,12 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from .checkpoint import atomic_write_json
+from .data.batches import as_item, batch_device, select
 from .errors import ConfigError
+from .files import atomic_write_json
+from .seeding import derive_seed
 
 CACHE_FORMAT = 1
-
-
-def _seed(*parts: Any) -> int:
-    digest = hashlib.sha256(repr(parts).encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
 def tensor_digest(update: Callable[[bytes], None], tensor: torch.Tensor) -> None:
@@ -96,7 +96,7 @@ def transform_description(dataset: Dataset) -> str:
 
 
 class ViewDataset(Dataset):
-    """Training items with their cache key: ``(image, label, key)``, ``key = i * V + v``.
+    """Training items with their view: ``{"inputs", "targets", "index": i, "view": v}``.
 
     Without a transform every sample has one view (``v = 0``). With one, view ``v`` of sample
     ``i`` is the transform applied with a generator seeded by ``(seed, i, v)``, so it can be
@@ -105,8 +105,8 @@ class ViewDataset(Dataset):
 
     Args:
         base: a dataset with ``images`` ``[N, C, H, W]``, ``labels`` ``[N]`` and an optional
-            ``transform(image, generator=...)`` (the built-in datasets), or any dataset of
-            ``(image, label)`` pairs whose items are deterministic (then ``views`` must be 1).
+            ``transform(image, generator=...)`` (the built-in datasets), or any dataset whose
+            items are deterministic (then ``views`` must be 1).
         views: views kept per sample (V).
         seed: the run's seed.
     """
@@ -135,25 +135,24 @@ class ViewDataset(Dataset):
     def view_of(self, index: int, epoch: int | None = None) -> int:
         if self.views == 1:
             return 0
-        return _seed(self.seed, "view", self.epoch if epoch is None else epoch, index) % self.views
+        epoch = self.epoch if epoch is None else epoch
+        return derive_seed(self.seed, "view", epoch, index) % self.views
 
-    def view(self, index: int, view: int) -> tuple[torch.Tensor, Any]:
-        """View ``view`` of sample ``index`` (the same tensor every time it is asked for)."""
+    def view(self, index: int, view: int) -> dict[str, Any]:
+        """View ``view`` of sample ``index`` as a dict item (the same every time)."""
         if not self.tensors:
-            return self.base[index][:2]
+            return {**as_item(self.base[index], index), "view": view}
         image, label = self.base.images[index], self.base.labels[index]
         if self.transform is not None:
-            generator = torch.Generator().manual_seed(_seed(self.seed, "augment", index, view))
-            image = self.transform(image, generator=generator)
-        return image, label
+            seed = derive_seed(self.seed, "augment", index, view)
+            image = self.transform(image, generator=torch.Generator().manual_seed(seed))
+        return {"inputs": image, "targets": label, "index": index, "view": view}
 
     def __len__(self) -> int:
         return len(self.base)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, Any, int]:
-        v = self.view_of(index)
-        image, label = self.view(index, v)
-        return image, label, index * self.views + v
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.view(index, self.view_of(index))
 
 
 @dataclass
@@ -169,12 +168,21 @@ class CacheSettings:
 _DTYPES = {"float16": np.float16, "float32": np.float32}
 
 
+def cache_keys(batch: Mapping[str, Any], views: int) -> torch.Tensor:
+    """The cache keys of a batch's samples: ``index * views + view``."""
+    keys = batch["index"] * views
+    if "view" in batch:
+        keys = keys + batch["view"]
+    return keys
+
+
 class TeacherCache:
-    """Teacher logits by key (``i * V + v``), in memory or in ``.npy`` files on disk.
+    """Teacher outputs by key (``i * V + v``), in memory or in ``.npy`` files on disk.
 
     Args:
         size: number of keys (samples × views).
-        num_classes: C.
+        shape: the outputs of one sample: ``C`` (an int) for ``[C]`` logits, or a tuple such
+            as ``(L - 1, V)``; top-k storage keeps the ``k`` largest along the last dimension.
         fingerprint: identity of teacher, data, transform, views and settings.
         settings: storage options.
         directory: where the disk cache lives (required for ``store="disk"``).
@@ -185,7 +193,7 @@ class TeacherCache:
     def __init__(
         self,
         size: int,
-        num_classes: int,
+        shape: int | tuple[int, ...],
         fingerprint: str,
         settings: CacheSettings,
         *,
@@ -193,17 +201,18 @@ class TeacherCache:
         temperature: float = 1.0,
         log: Callable[[str], None] = print,
     ) -> None:
+        self.shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        classes = self.shape[-1]
         if settings.store not in ("memory", "disk"):
             raise ConfigError(f"cache_store must be memory or disk, got {settings.store!r}")
         if settings.dtype not in _DTYPES:
             raise ConfigError(f"cache_dtype must be float16 or float32, got {settings.dtype!r}")
-        if settings.topk is not None and not 1 <= settings.topk < num_classes:
+        if settings.topk is not None and not 1 <= settings.topk < classes:
             raise ConfigError(
-                f"cache_topk must be between 1 and {num_classes - 1} (the number of classes "
+                f"cache_topk must be between 1 and {classes - 1} (the number of classes "
                 f"minus one), got {settings.topk}"
             )
         self.size = size
-        self.num_classes = num_classes
         self.fingerprint = fingerprint
         self.settings = settings
         self.temperature = temperature
@@ -211,20 +220,26 @@ class TeacherCache:
         self.directory = Path(directory) if directory is not None else None
         self.hits = 0
         self.misses = 0
-        width = settings.topk or num_classes
+        width = settings.topk or classes
+        positions = self.shape[:-1]
         shapes: dict[str, tuple[tuple[int, ...], Any]] = {
-            "values": ((size, width), _DTYPES[settings.dtype]),
+            "values": ((size, *positions, width), _DTYPES[settings.dtype]),
             "filled": ((size,), np.bool_),
         }
         if settings.topk:
-            shapes["indices"] = ((size, width), np.int32)
-            shapes["lse"] = ((size,), np.float32)
+            shapes["indices"] = ((size, *positions, width), np.int32)
+            shapes["lse"] = ((size, *positions), np.float32)
         if settings.store == "disk":
             if self.directory is None:
                 raise ConfigError("a disk cache needs a directory")
             self.arrays = self._open_disk(shapes)
         else:
             self.arrays = {k: np.zeros(shape, dtype) for k, (shape, dtype) in shapes.items()}
+
+    @property
+    def num_classes(self) -> int:
+        """Size of the last dimension of a sample's outputs."""
+        return self.shape[-1]
 
     # -- disk ----------------------------------------------------------------------------
 
@@ -233,7 +248,7 @@ class TeacherCache:
             "format": CACHE_FORMAT,
             "fingerprint": self.fingerprint,
             "size": self.size,
-            "num_classes": self.num_classes,
+            "shape": list(self.shape),
             "dtype": self.settings.dtype,
             "topk": self.settings.topk,
             "views": self.settings.views,
@@ -334,7 +349,7 @@ class TeacherCache:
         return ~filled
 
     def put(self, keys: torch.Tensor, logits: torch.Tensor) -> None:
-        """Store teacher logits ``[B, C]`` for ``keys`` ``[B]``."""
+        """Store teacher outputs ``[B, *shape]`` for ``keys`` ``[B]``."""
         idx = keys.cpu().numpy()
         logits = logits.detach().float().cpu()
         if self.settings.topk:
@@ -348,7 +363,7 @@ class TeacherCache:
         self.arrays["filled"][idx] = True
 
     def get(self, keys: torch.Tensor, device: torch.device) -> torch.Tensor:
-        """Stored logits ``[B, C]`` for ``keys`` (all must be filled), as float32.
+        """Stored outputs ``[B, *shape]`` for ``keys`` (all must be filled), as float32.
 
         With top-k storage, the returned tensor is ``T · log p`` where ``p`` keeps the top-k
         probabilities at temperature ``T`` and spreads the remaining mass uniformly, so that
@@ -361,33 +376,34 @@ class TeacherCache:
         T = self.temperature
         indices = torch.from_numpy(np.asarray(self.arrays["indices"][idx]).astype(np.int64))
         lse = torch.from_numpy(np.asarray(self.arrays["lse"][idx]))
-        log_top = values / T - lse[:, None]
+        log_top = values / T - lse[..., None]
         rest = (1.0 - log_top.exp().sum(dim=-1)).clamp_min(1e-12)
         others = self.num_classes - self.settings.topk
-        log_p = (rest / others).log()[:, None].expand(-1, self.num_classes).clone()
-        log_p.scatter_(1, indices, log_top)
+        log_p = (rest / others).log()[..., None].expand(*rest.shape, self.num_classes).clone()
+        log_p.scatter_(-1, indices, log_top)
         return (T * log_p).to(device)
 
-    def teacher_logits(
-        self, keys: torch.Tensor, inputs: torch.Tensor, teacher: Callable[[torch.Tensor], Any]
+    def lookup(
+        self, batch: Mapping[str, Any], compute: Callable[[Mapping[str, Any]], torch.Tensor]
     ) -> torch.Tensor:
-        """Logits for a batch: stored ones where filled, the teacher's (then stored) where not.
-
-        ``teacher`` is called only on the inputs whose keys are missing.
-        """
+        """Outputs for a batch: stored ones where filled; ``compute(sub_batch)`` (then stored)
+        for the samples whose keys are missing, so the teacher runs only on those."""
+        keys = cache_keys(batch, self.settings.views)
         missing = self.missing(keys)
         n_missing = int(missing.sum())
         self.misses += n_missing
         self.hits += len(keys) - n_missing
         if n_missing:
-            fresh = teacher(inputs[missing.to(inputs.device)])
+            fresh = compute(select(batch, missing))
             self.put(keys[missing.to(keys.device)], fresh)
-        return self.get(keys, inputs.device)
+        return self.get(keys, batch_device(batch))
 
 
-def estimate_bytes(size: int, num_classes: int, settings: CacheSettings) -> int:
-    """Bytes a cache with these settings takes."""
-    width = settings.topk or num_classes
+def estimate_bytes(size: int, shape: int | tuple[int, ...], settings: CacheSettings) -> int:
+    """Bytes a cache with these settings takes (``shape`` as for :class:`TeacherCache`)."""
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    positions = math.prod(shape[:-1])
+    width = settings.topk or shape[-1]
     item = np.dtype(_DTYPES[settings.dtype]).itemsize
-    per = width * item + 1 + (width * 4 + 4 if settings.topk else 0)
+    per = positions * (width * item + (width * 4 + 4 if settings.topk else 0)) + 1
     return int(math.ceil(size * per))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import DistillError
-from .trainer import TrainingInterrupted
+from .training.signals import TrainingInterrupted
 
 
 def _fresh_dir(base: Path) -> Path:
@@ -184,8 +184,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``distill`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    ok = False
     try:
-        return args.func(args)
+        code = args.func(args)
+        ok = True
+        return code
     except DistillError as exc:
         if getattr(args, "debug", False):
             traceback.print_exc()
@@ -202,14 +205,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 130
     finally:
-        _end_distributed()
+        _end_distributed(ok)
 
 
-def _end_distributed() -> None:
-    """Leave the process group cleanly (an abandoned one can abort the process at exit)."""
+def _end_distributed(ok: bool) -> None:
+    """Leave the process group cleanly (an abandoned one can abort the process at exit).
+
+    After a run that ended normally, every process first waits for the others (the main one
+    writes the report last), so that no process tears its connections down while another
+    still uses them. After an error the others may never arrive: no waiting then.
+    """
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        if ok:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import did_you_mean
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -21,6 +23,60 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
         else:
             merged[key] = value
     return merged
+
+
+def format_value(value: Any) -> str:
+    """``repr(value)``, cut to 60 characters."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _allowed_keys(model: type[BaseModel], path: list[str]) -> list[str]:
+    """The field names of the (nested) pydantic model at ``path``."""
+    current: Any = model
+    for part in path:
+        fields = getattr(current, "model_fields", None)
+        if not fields or part not in fields:
+            return []
+        annotation = fields[part].annotation
+        current = annotation if isinstance(annotation, type) else None
+        if current is None:
+            return []
+    fields = getattr(current, "model_fields", {})
+    return [k for k in fields if k != "train"]
+
+
+def validation_message(
+    exc: ValidationError,
+    model: type[BaseModel],
+    prefix: str = "",
+    rename: dict[str, str] | None = None,
+) -> str:
+    """One line for a pydantic validation error: each problem names the field (its dotted path
+    under ``prefix``, or as ``rename`` maps its first part), the value and what would be
+    right; problems are joined with ``"; "``."""
+    lines = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        if rename and loc and loc[0] in rename:
+            where = rename[loc[0]] + "".join(f".{p}" for p in loc[1:])
+        else:
+            where = ".".join([prefix, *loc]) if prefix else ".".join(loc)
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            allowed = _allowed_keys(model, loc[:-1])
+            hint = did_you_mean(loc[-1], allowed)
+            listed = f"; allowed keys: {', '.join(allowed)}" if allowed else ""
+            lines.append(f"{where}: unknown key{hint}{listed}")
+            continue
+        message = err["msg"]
+        message = message[0].lower() + message[1:] if message else message
+        message = message.replace("input should be", "must be").replace("value error, ", "")
+        if kind == "missing":
+            lines.append(f"{where}: required field is missing")
+        else:
+            lines.append(f"{where}: {message}, got {format_value(err.get('input'))}")
+    return "; ".join(lines)
 
 
 class Strict(BaseModel):
@@ -97,6 +153,21 @@ class TrainConfig(Strict):
 TRAIN_FIELDS: frozenset[str] = frozenset(TrainConfig.model_fields)
 
 
+def merged_train(train: TrainConfig, overrides: dict[str, Any] | None) -> TrainConfig:
+    """``train`` with ``overrides`` merged in (nested sections key by key), validated.
+
+    Raises:
+        ValueError: a merged field is invalid; the message names each problem by its dotted
+            path (for a pydantic field validator to report under the overriding field).
+    """
+    if not overrides:
+        return train
+    try:
+        return TrainConfig.model_validate(deep_merge(train.model_dump(), overrides))
+    except ValidationError as exc:
+        raise ValueError(validation_message(exc, TrainConfig)) from None
+
+
 class DataConfig(Strict):
     """Which data, how much of it, and how it is batched."""
 
@@ -111,7 +182,24 @@ class DataConfig(Strict):
 
 
 class ModelConfig(Strict):
-    """A named model instance: a zoo architecture, optionally initialised from a checkpoint."""
+    """A named model instance.
+
+    - ``arch``: the architecture, by source prefix (:func:`distill.models.create`): a zoo
+      name (``resnet20``), ``hf:PATH``, ``timm:NAME``, ``torchvision:NAME``.
+    - ``checkpoint``: a ``checkpoints/<model>.pt`` of an earlier run (or a plain state dict)
+      to start from; such a model counts as trained.
+    - ``config``: a model configuration, for sources that build from one (``hf:``).
+    - ``weights``: a weights file, for sources that load one (``timm:``, ``torchvision:``).
+    - ``options``: further keyword arguments of the source.
+    """
 
     arch: str
     checkpoint: str | None = None
+    config: dict[str, Any] | None = None
+    weights: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    def source_options(self) -> dict[str, Any]:
+        """The keyword arguments this entry gives the model's source."""
+        given = {"config": self.config, "weights": self.weights}
+        return {**{k: v for k, v in given.items() if v is not None}, **self.options}

@@ -37,3 +37,7 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str:
     """A hint like ``" (did you mean 'resnet20'?)"``, or an empty string."""
     found = closest(name, candidates, n=1)
     return f" (did you mean {found[0]!r}?)" if found else ""
+
+
+class NonFiniteLossError(DistillError):
+    """The loss became NaN or infinite during training."""

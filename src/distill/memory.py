@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .losses._args import check_temperature
+from .checks import check_temperature
 from .losses.crd import contrast_scores
 
 

@@ -31,8 +31,8 @@ from typing import Any
 import torch
 import yaml
 from torch import nn
+from torch.utils.data import Dataset, default_collate
 
-from . import models as zoo
 from .cache import (
     TeacherCache,
     ViewDataset,
@@ -40,19 +40,17 @@ from .cache import (
     model_fingerprint,
     transform_description,
 )
-from .checkpoint import (
-    atomic_save,
-    atomic_write_json,
-    atomic_write_text,
-    load_model_weights,
-    safe_load,
-    save_model,
-)
 from .data import DATASETS, DataBundle, load_data
+from .data.batches import as_item
 from .errors import CheckpointError, ConfigError, DataError, DistillError, did_you_mean
-from .methods import Phase, StageContext
+from .files import atomic_save, atomic_write_json, atomic_write_text, safe_load
+from .methods import Phase, StageContext, TeacherFields
+from .models import count_parameters, create, load_model_weights, save_model
 from .recipe import Recipe
-from .trainer import Trainer, derive_seed, evaluate, get_accelerator, seed_everything
+from .seeding import derive_seed, seed_everything
+from .tasks import get_task
+from .teachers import Teacher
+from .training import Trainer, evaluate, get_accelerator
 
 PROGRESS_FORMAT = "distill-progress/1"
 
@@ -91,7 +89,12 @@ class Pipeline:
         self.accelerator = get_accelerator(device)
         self.log = log or (print if self.accelerator.is_main_process else (lambda _msg: None))
         self.models: dict[str, nn.Module] = {}
+        self.task = get_task(recipe.task)
         self.stage_names = recipe.stage_names()
+        # The phase being built, and the teachers and training data it gets (see _teacher).
+        self._phase: tuple[str, str] | None = None
+        self._phase_teachers: list[Teacher] = []
+        self._phase_data: Dataset | None = None
         self.state: dict[str, Any] = {}
         self.metrics: list[dict[str, Any]] = []
 
@@ -184,18 +187,17 @@ class Pipeline:
         return self.bundle
 
     def _build_models(self, bundle: DataBundle) -> None:
+        from_data = self.task.model_options(bundle)
         for name, spec in self.recipe.models.items():
             torch.manual_seed(derive_seed(self.recipe.seed, "model", name))
             try:
-                model = zoo.create(
-                    spec.arch, num_classes=bundle.num_classes, in_channels=bundle.in_channels
-                )
+                model = create(spec.arch, **{**from_data, **spec.source_options()})
             except ConfigError as exc:
                 raise ConfigError(f"models.{name}.arch: {exc}") from None
             if spec.checkpoint:
                 try:
                     load_model_weights(
-                        model, spec.checkpoint, name=name, num_classes=bundle.num_classes
+                        model, spec.checkpoint, name=name, num_classes=from_data.get("num_classes")
                     )
                 except CheckpointError as exc:
                     raise CheckpointError(f"models.{name}.checkpoint: {exc}") from None
@@ -208,13 +210,17 @@ class Pipeline:
         self._prepare_out_dir()
         bundle = self._load_data()
         self._build_models(bundle)
-        sample_inputs = torch.stack([bundle.train[i][0] for i in range(min(8, len(bundle.train)))])
+        collate = bundle.collate or default_collate
+        sample = collate([as_item(bundle.train[i], i) for i in range(min(8, len(bundle.train)))])
         ctx = StageContext(
             models=self.models,
-            sample_inputs=sample_inputs,
-            num_classes=bundle.num_classes,
+            sample_batch=sample,
+            task=self.task,
             seed=self.recipe.seed,
             trained={n for n, m in self.recipe.models.items() if m.checkpoint},
+            make_teacher=lambda name, settings, temperature: self._teacher(
+                name, settings, temperature, bundle
+            ),
         )
         for spec in self.recipe.stages:
             spec.check(ctx)
@@ -235,15 +241,15 @@ class Pipeline:
                     save_model(
                         self.models[name],
                         self.out / "checkpoints" / f"{name}.pt",
-                        num_classes=bundle.num_classes,
-                        in_channels=bundle.in_channels,
                         stage=stage_name,
+                        **self.task.model_options(bundle),
                     )
+            primary = self.task.primary.name
             final_val = {}
             for record in phase_results:
                 if record["history"]:
                     final_val.update(
-                        {m: v["accuracy"] for m, v in record["history"][-1]["val"].items()}
+                        {m: v[primary] for m, v in record["history"][-1]["val"].items()}
                     )
             stage_results.append(
                 {
@@ -253,7 +259,7 @@ class Pipeline:
                     "teachers": spec.uses(),
                     "epochs": sum(len(r["history"]) for r in phase_results),
                     "seconds": round(stage_seconds, 2),
-                    "val_accuracy": final_val,
+                    f"val_{primary}": final_val,
                     "phases": [
                         {
                             "name": r["phase"],
@@ -285,14 +291,18 @@ class Pipeline:
         done = self.state["phases"].get(key)
         if done is not None:
             final = safe_load(phase_dir / "final.pt")
-            for name in phase.trains:
+            for name in phase.models:
                 self.models[name].load_state_dict(final["models"][name])
             self.log(f"[{stage_name}] {phase.name}: already finished, weights restored")
-            return {"phase": phase.name, "models": phase.trains, **done}
+            return {"phase": phase.name, "models": phase.models, **done}
 
         # Seeded so that adapters a method creates are the same in a resumed run.
         seed_everything(derive_seed(self.recipe.seed, index, stage_name, phase.name, "build"))
-        method = phase.build()
+        self._phase, self._phase_teachers, self._phase_data = (stage_name, phase.name), [], None
+        try:
+            method = phase.build()
+        finally:
+            self._phase = None
         data = self.recipe.data
         resuming = self.resume and any(phase_dir.glob("epoch_*.pt"))
         if self.resume:
@@ -302,7 +312,8 @@ class Pipeline:
             self._append_metrics(stage_name, phase.name, method_name, record)
 
         trainer = Trainer(
-            phase.train,
+            phase.config,
+            task=self.task,
             batch_size=data.batch_size,
             eval_batch_size=data.eval_batch_size,
             num_workers=data.num_workers,
@@ -312,15 +323,18 @@ class Pipeline:
             progress=self.progress,
             desc=f"[{stage_name}] {phase.name}",
             device=self.device,
+            collate=bundle.collate,
         )
-        eval_models = {name: self.models[name] for name in phase.trains}
-        train_data, cache = self._attach_cache(stage_name, phase, method, bundle)
+        eval_models = {name: self.models[name] for name in phase.models}
+        train_data = self._phase_data if self._phase_data is not None else bundle.train
         started = time.perf_counter()
         result = trainer.fit(method, train_data, bundle.val, eval_models, resume=resuming)
         if phase.after is not None:
             phase.after(method)
         record: dict[str, Any] = {"history": result.history, "seconds": result.seconds}
-        if cache is not None:
+        for teacher in self._phase_teachers:
+            cache = teacher.store
+            assert isinstance(cache, TeacherCache)
             cache.flush()
             self.log(f"[{stage_name}] {phase.name}: {cache.describe()}")
             record["cache"] = {
@@ -329,11 +343,11 @@ class Pipeline:
                 "store": cache.settings.store,
                 "views": cache.settings.views,
                 "filled": round(cache.filled_fraction, 4),
-                "teacher_calls": getattr(method, "teacher_calls", None),
+                "teacher_calls": teacher.calls,
             }
         if self.is_main:
             atomic_save(
-                {"models": {n: self.models[n].state_dict() for n in phase.trains}},
+                {"models": {n: self.models[n].state_dict() for n in phase.models}},
                 phase_dir / "final.pt",
             )
             self.state["phases"][key] = record
@@ -342,45 +356,52 @@ class Pipeline:
                 path.unlink(missing_ok=True)
         self.accelerator.wait_for_everyone()
         self.log(f"[{stage_name}] {phase.name}: done in {time.perf_counter() - started:.1f} s")
-        return {"phase": phase.name, "models": phase.trains, **record}
+        return {"phase": phase.name, "models": phase.models, **record}
 
-    def _attach_cache(
-        self, stage_name: str, phase: Phase, method: Any, bundle: DataBundle
-    ) -> tuple[Any, TeacherCache | None]:
-        """Wrap the training data with cache keys and give ``method`` its teacher cache."""
-        if phase.cache is None:
-            return bundle.train, None
-        if not hasattr(method, "cache") or not hasattr(method, "teacher"):
-            raise ConfigError(
-                f"stage {stage_name}: the teacher cache works with methods whose teacher is "
-                "fixed (kd, fitnets, takd); set cache: none"
-            )
-        views = ViewDataset(bundle.train, phase.cache.views, seed=self.recipe.seed)
-        settings = phase.cache
-        settings.views = views.views
-        temperature = float(getattr(method, "temperature", 1.0))
+    def _teacher(
+        self,
+        name: str,
+        settings: TeacherFields | None,
+        temperature: float,
+        bundle: DataBundle,
+    ) -> Teacher:
+        """Model ``name`` as the teacher of the phase being built, with the stage's teacher
+        settings: its precision, and, with ``cache: teacher``, an output cache under
+        ``cache/<stage>/<phase>/`` (the phase then trains on the cache's views of the data)."""
+        precision = settings.teacher_precision if settings is not None else "fp32"
+        teacher = Teacher(self.models[name], self.task, precision)
+        cache_settings = settings.cache_settings() if settings is not None else None
+        if cache_settings is None or self._phase is None:
+            return teacher
+        stage_name, phase_name = self._phase
+        views = ViewDataset(bundle.train, cache_settings.views, seed=self.recipe.seed)
+        cache_settings.views = views.views
         identity = {
-            "teacher": model_fingerprint(method.teacher),
+            "teacher": model_fingerprint(teacher.module),
             "data": dataset_fingerprint(bundle.train),
             "transform": transform_description(bundle.train),
             "views": views.views,
             "seed": self.recipe.seed,
-            "teacher_precision": getattr(method, "teacher_precision", "fp32"),
-            "temperature": temperature if settings.topk else None,
-            "settings": [settings.store, settings.dtype, settings.topk],
+            "teacher_precision": precision,
+            "temperature": temperature if cache_settings.topk else None,
+            "settings": [cache_settings.store, cache_settings.dtype, cache_settings.topk],
         }
         fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-        cache = TeacherCache(
+        collate = bundle.collate or default_collate
+        probe = teacher.compute(collate([views[0]]))  # one sample's outputs: their shape
+        teacher.calls = 0
+        teacher.store = TeacherCache(
             len(views) * views.views,
-            bundle.num_classes,
+            tuple(probe.shape[1:]),
             fingerprint[:16],
-            settings,
-            directory=self.out / "cache" / stage_name / phase.name,
+            cache_settings,
+            directory=self.out / "cache" / stage_name / phase_name,
             temperature=temperature,
             log=self.log,
         )
-        method.cache = cache
-        return views, cache
+        self._phase_teachers.append(teacher)
+        self._phase_data = views
+        return teacher
 
     # -- metrics -------------------------------------------------------------------------
 
@@ -396,8 +417,7 @@ class Pipeline:
                 "epoch": record["epoch"],
                 "model": model or None,
                 "train": record["train"],
-                "val_loss": val.get("loss"),
-                "val_accuracy": val.get("accuracy"),
+                **{f"val_{m.name}": val.get(m.name) for m in self.task.metrics_info},
                 "seconds": record["seconds"],
                 "lr": record["lr"],
             }
@@ -446,6 +466,7 @@ class Pipeline:
                 trained_by[name] = stage["name"]
                 seconds[name] = seconds.get(name, 0.0) + stage["seconds"] / len(stage["models"])
         batch = self.recipe.data.eval_batch_size or 2 * self.recipe.data.batch_size
+        splits = {"val": bundle.val, "test": bundle.test}
         models: dict[str, Any] = {}
         for name, spec in self.recipe.models.items():
             if name not in trained_by and not spec.checkpoint:
@@ -453,20 +474,26 @@ class Pipeline:
             model = self.models[name]
             entry: dict[str, Any] = {
                 "arch": spec.arch,
-                "params": zoo.count_parameters(model),
+                "params": count_parameters(model),
                 "trained_by": trained_by.get(name, "checkpoint"),
                 "seconds": round(seconds.get(name, 0.0), 2),
-                "val_accuracy": evaluate(
-                    model, bundle.val, batch_size=batch, accelerator=self.accelerator
-                )["accuracy"],
             }
-            if bundle.test is not None:
-                entry["test_accuracy"] = evaluate(
-                    model, bundle.test, batch_size=batch, accelerator=self.accelerator
-                )["accuracy"]
+            for split, dataset in splits.items():
+                if dataset is None:
+                    continue
+                found = evaluate(
+                    model,
+                    dataset,
+                    self.task,
+                    batch_size=batch,
+                    accelerator=self.accelerator,
+                    collate=bundle.collate,
+                )
+                entry.update({f"{split}_{m}": found[m] for m in self.task.summary_metrics})
             models[name] = entry
         return {
             "recipe": self.recipe.source,
+            "task": self.task.name,
             "seed": self.recipe.seed,
             "data": {
                 "name": bundle.name,

@@ -19,11 +19,20 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from .config import TRAIN_FIELDS, DataConfig, ModelConfig, TrainConfig, deep_merge
+from .config import (
+    TRAIN_FIELDS,
+    DataConfig,
+    ModelConfig,
+    TrainConfig,
+    deep_merge,
+    format_value,
+    validation_message,
+)
 from .errors import ConfigError, did_you_mean
 from .methods import METHODS, StageSpec
+from .tasks import TASKS
 
-TOP_LEVEL_KEYS = ("seed", "data", "models", "train", "stages")
+TOP_LEVEL_KEYS = ("seed", "task", "data", "models", "train", "stages")
 
 
 @dataclass
@@ -34,6 +43,7 @@ class Recipe:
         raw: the recipe as a plain dict after ``--set`` overrides (what is written to the run
             directory and fingerprinted).
         stages: one validated :class:`StageSpec` per stage, with its training settings merged.
+        task: a key of :data:`distill.tasks.TASKS` (``classification`` by default).
     """
 
     seed: int
@@ -43,6 +53,7 @@ class Recipe:
     stages: list[StageSpec]
     raw: dict[str, Any] = field(default_factory=dict)
     source: str = "<recipe>"
+    task: str = "classification"
 
     def fingerprint(self) -> str:
         """A hash of the recipe's content; two runs of the same recipe share it."""
@@ -61,59 +72,11 @@ class Recipe:
         return names
 
 
-def _format_value(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _errors_to_message(
-    exc: ValidationError, prefix: str, model: type[BaseModel], rename: dict[str, str] | None = None
-) -> str:
-    """One line per problem, each naming the field, the value and what would be right."""
-    lines = []
-    for err in exc.errors():
-        loc = [str(p) for p in err["loc"]]
-        if rename and loc and loc[0] in rename:
-            where = rename[loc[0]] + "".join(f".{p}" for p in loc[1:])
-        else:
-            where = ".".join([prefix, *loc]) if prefix else ".".join(loc)
-        kind = err["type"]
-        if kind == "extra_forbidden":
-            key = loc[-1]
-            allowed = _allowed_keys(model, loc[:-1])
-            hint = did_you_mean(key, allowed)
-            lines.append(f"{where}: unknown key{hint}; allowed keys: {', '.join(allowed)}")
-            continue
-        message = err["msg"]
-        message = message[0].lower() + message[1:] if message else message
-        message = message.replace("input should be", "must be").replace("value error, ", "")
-        if kind == "missing":
-            lines.append(f"{where}: required field is missing")
-        else:
-            lines.append(f"{where}: {message}, got {_format_value(err.get('input'))}")
-    return "; ".join(lines)
-
-
-def _allowed_keys(model: type[BaseModel], path: list[str]) -> list[str]:
-    """The field names of the (nested) pydantic model at ``path``."""
-    current: Any = model
-    for part in path:
-        fields = getattr(current, "model_fields", None)
-        if not fields or part not in fields:
-            return []
-        annotation = fields[part].annotation
-        current = annotation if isinstance(annotation, type) else None
-        if current is None:
-            return []
-    fields = getattr(current, "model_fields", {})
-    return [k for k in fields if k not in ("train",)] if current is not None else []
-
-
-def _validate(model: type[BaseModel], value: Any, prefix: str, **kw: Any) -> Any:
+def _validate(model: type[BaseModel], value: Any, prefix: str) -> Any:
     try:
         return model.model_validate(value)
     except ValidationError as exc:
-        raise ConfigError(_errors_to_message(exc, prefix, model, **kw)) from None
+        raise ConfigError(validation_message(exc, model, prefix)) from None
 
 
 def apply_override(raw: dict[str, Any], assignment: str) -> None:
@@ -199,14 +162,20 @@ def parse_recipe(
             )
     seed = raw.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ConfigError(f"seed: must be a non-negative integer, got {_format_value(seed)}")
+        raise ConfigError(f"seed: must be a non-negative integer, got {format_value(seed)}")
+    task = raw.get("task", "classification")
+    if task not in TASKS:
+        raise ConfigError(
+            f"task: unknown task {format_value(task)}{did_you_mean(str(task), TASKS)}; "
+            f"allowed: {', '.join(TASKS)}"
+        )
     data = _validate(DataConfig, raw.get("data") or {}, "data")
 
     models_raw = raw.get("models")
     if not isinstance(models_raw, dict) or not models_raw:
         raise ConfigError(
             "models: must map model names to {arch: ...}, e.g. "
-            f"{{teacher: {{arch: resnet20}}}}; got {_format_value(models_raw)}"
+            f"{{teacher: {{arch: resnet20}}}}; got {format_value(models_raw)}"
         )
     models: dict[str, ModelConfig] = {}
     for name, spec in models_raw.items():
@@ -216,18 +185,25 @@ def parse_recipe(
 
     train_raw = raw.get("train") or {}
     if not isinstance(train_raw, dict):
-        raise ConfigError(f"train: must be a mapping, got {_format_value(train_raw)}")
+        raise ConfigError(f"train: must be a mapping, got {format_value(train_raw)}")
     train = _validate(TrainConfig, train_raw, "train")
 
     stages_raw = raw.get("stages")
     if not isinstance(stages_raw, list) or not stages_raw:
         raise ConfigError(
             "stages: must be a non-empty list, e.g. [{method: train, model: teacher}]; got "
-            f"{_format_value(stages_raw)}"
+            f"{format_value(stages_raw)}"
         )
     stages = [_parse_stage(i, stage, train_raw, models) for i, stage in enumerate(stages_raw)]
     recipe = Recipe(
-        seed=seed, data=data, models=models, train=train, stages=stages, raw=raw, source=source
+        seed=seed,
+        data=data,
+        models=models,
+        train=train,
+        stages=stages,
+        raw=raw,
+        source=source,
+        task=task,
     )
     _check_dependencies(recipe)
     return recipe
@@ -238,7 +214,7 @@ def _parse_stage(
 ) -> StageSpec:
     where = f"stages.{index}"
     if not isinstance(stage, dict):
-        raise ConfigError(f"{where}: must be a mapping with a 'method', got {_format_value(stage)}")
+        raise ConfigError(f"{where}: must be a mapping with a 'method', got {format_value(stage)}")
     method = stage.get("method")
     if method not in METHODS:
         raise ConfigError(
@@ -256,33 +232,15 @@ def _parse_stage(
     except ValidationError as exc:
         rename = {k: f"{where}.{k}" for k in overrides}
         rename.update({k: f"train.{k}" for k in TRAIN_FIELDS if k not in overrides})
-        raise ConfigError(_errors_to_message(exc, "", TrainConfig, rename=rename)) from None
+        raise ConfigError(validation_message(exc, TrainConfig, rename=rename)) from None
     spec = _validate(spec_cls, {**own, "train": train}, where)
-    for field_name, model_name in _model_references(spec):
+    for field_name, model_name in spec.references():
         if model_name not in models:
             raise ConfigError(
                 f"{where}.{field_name}: unknown model {model_name!r}"
                 f"{did_you_mean(model_name, models)}; models defined: {', '.join(models)}"
             )
     return spec
-
-
-def _model_references(spec: StageSpec) -> list[tuple[str, str]]:
-    """(field, model name) pairs for every model a stage names."""
-    refs = []
-    for field_name in type(spec).model_fields:
-        value = getattr(spec, field_name)
-        if field_name in ("method", "name", "train"):
-            continue
-        if field_name in ("model", "teacher", "student") and isinstance(value, str):
-            refs.append((field_name, value))
-        elif field_name in ("chain", "cohort") and isinstance(value, list):
-            refs.extend((f"{field_name}.{i}", v) for i, v in enumerate(value) if isinstance(v, str))
-    used = {name for _, name in refs}
-    for name in [*spec.uses(), *spec.produces()]:
-        if name not in used:
-            refs.append(("model", name))
-    return refs
 
 
 def _check_dependencies(recipe: Recipe) -> None:

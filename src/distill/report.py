@@ -1,37 +1,46 @@
-"""Human-readable outputs of a run: the results table, ``report.md`` and PNG plots."""
+"""Human-readable outputs of a run: the results table, ``report.md`` and PNG plots.
+
+Everything here reads a run's ``summary.json`` (and ``metrics.jsonl``) and shows the metrics
+of the run's task (:mod:`distill.tasks`): accuracy for classifiers, loss, perplexity and token
+accuracy for language models. Each method may add a section of its own
+(:meth:`StageSpec.report_section <distill.methods.StageSpec.report_section>`); the helpers
+below are what those sections share.
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import atomic_write_text
+from .files import atomic_write_text
+from .tasks import Metric, Task, get_task
 
 
-def _pct(value: float | None) -> str:
-    return "—" if value is None else f"{100 * value:.2f}%"
+def task_of(summary: dict[str, Any]) -> Task:
+    """The task of a run's summary (``classification`` for summaries that do not say)."""
+    return get_task(summary.get("task", "classification"))
 
 
 def results_table(summary: dict[str, Any], markdown: bool = False) -> str:
-    """The per-model table: name, architecture, parameters, accuracies, training seconds."""
-    has_test = any("test_accuracy" in m for m in summary["models"].values())
-    header = ["model", "arch", "params", "val acc"] + (["test acc"] if has_test else [])
+    """The per-model table: name, architecture, parameters, the task's metrics (validation,
+    and test when there is a test split), who trained the model, and its training seconds."""
+    task = task_of(summary)
+    metrics = [task.metric(name) for name in task.summary_metrics]
+    splits = ["val", "test"] if "test" in summary["data"] else ["val"]
+    columns = [(split, m) for m in metrics for split in splits]
+    header = ["model", "arch", "params"] + [f"{split} {m.label}" for split, m in columns]
     header += ["trained by", "seconds"]
     rows = []
-    for name, m in summary["models"].items():
-        row = [name, m["arch"], f"{m['params']:,}", _pct(m.get("val_accuracy"))]
-        if has_test:
-            row.append(_pct(m.get("test_accuracy")))
-        row += [m.get("trained_by", ""), f"{m.get('seconds', 0.0):.1f}"]
+    for name, model in summary["models"].items():
+        row = [name, model["arch"], f"{model['params']:,}"]
+        row += [m.format(model.get(f"{split}_{m.name}")) for split, m in columns]
+        row += [model.get("trained_by", ""), f"{model.get('seconds', 0.0):.1f}"]
         rows.append(row)
     if markdown:
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(r) + " |" for r in rows]
-        return "\n".join(lines)
+        return "\n".join(markdown_table(header, rows))
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
-    numeric = {2, 3, 4, len(header) - 1}
+    numeric = {2, *range(3, 3 + len(columns)), len(header) - 1}
 
     def fmt(row: list[str]) -> str:
         return "  ".join(
@@ -43,49 +52,59 @@ def results_table(summary: dict[str, Any], markdown: bool = False) -> str:
     return "\n".join([fmt(header), rule, *(fmt(r) for r in rows)])
 
 
-def _curves(metrics: list[dict[str, Any]]) -> dict[str, list[tuple[int, float]]]:
-    """Validation accuracy per model over the run, one point per epoch (x counts epochs
-    of every stage that trained the model, in order)."""
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """The lines of a Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def _curves(metrics: list[dict[str, Any]], key: str) -> dict[str, list[tuple[int, float]]]:
+    """``key`` per model over the run, one point per epoch (x counts epochs of every stage
+    that trained the model, in order)."""
     curves: dict[str, list[tuple[int, float]]] = defaultdict(list)
     for rec in metrics:
-        if rec.get("model") and rec.get("val_accuracy") is not None:
+        if rec.get("model") and rec.get(key) is not None:
             points = curves[rec["model"]]
-            points.append((len(points) + 1, rec["val_accuracy"]))
+            points.append((len(points) + 1, rec[key]))
     return curves
 
 
+def _scaled(metric: Metric, value: float) -> float:
+    return 100 * value if metric.percent else value
+
+
 def write_plots(out: Path, summary: dict[str, Any], metrics: list[dict[str, Any]]) -> list[str]:
-    """Write ``val_accuracy.png`` (per epoch per model) and ``final_accuracy.png``; return
-    the file names written."""
+    """Write ``val_<metric>.png`` (the primary validation metric per epoch per model) and
+    ``final_<metric>.png`` (its final value per model); return the file names written."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    metric = task_of(summary).primary
+    unit = " (%)" if metric.percent else ""
     written = []
-    curves = _curves(metrics)
+    curves = _curves(metrics, f"val_{metric.name}")
     if curves:
         fig, ax = plt.subplots(figsize=(7, 4.2))
         for name, points in curves.items():
             xs, ys = zip(*points, strict=True)
-            ax.plot(xs, [100 * y for y in ys], marker="o", markersize=3, label=name)
+            ax.plot(xs, [_scaled(metric, y) for y in ys], marker="o", markersize=3, label=name)
         ax.set_xlabel("epoch (of the stages that trained the model)")
-        ax.set_ylabel("validation accuracy (%)")
-        ax.set_title("Validation accuracy per epoch")
+        ax.set_ylabel(f"validation {metric.name.replace('_', ' ')}{unit}")
+        ax.set_title(f"Validation {metric.name.replace('_', ' ')} per epoch")
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        fig.savefig(out / "val_accuracy.png", dpi=110)
+        fig.savefig(out / f"val_{metric.name}.png", dpi=110)
         plt.close(fig)
-        written.append("val_accuracy.png")
+        written.append(f"val_{metric.name}.png")
     names = list(summary["models"])
     if names:
-        key = (
-            "test_accuracy"
-            if all("test_accuracy" in m for m in summary["models"].values())
-            else "val_accuracy"
-        )
-        values = [100 * summary["models"][n][key] for n in names]
+        models = summary["models"].values()
+        split = "test" if all(f"test_{metric.name}" in m for m in models) else "val"
+        key = f"{split}_{metric.name}"
+        values = [_scaled(metric, summary["models"][n][key]) for n in names]
         fig, ax = plt.subplots(figsize=(max(4.5, 1.2 * len(names) + 2), 4.2))
         bars = ax.bar(names, values, color="#4c72b0")
         for bar, value in zip(bars, values, strict=True):
@@ -96,27 +115,27 @@ def write_plots(out: Path, summary: dict[str, Any], metrics: list[dict[str, Any]
                 va="bottom",
                 fontsize=9,
             )
-        low = min(values)
-        ax.set_ylim(max(0.0, low - max(5.0, (max(values) - low) * 2)), 100)
-        ax.set_ylabel(f"{key.replace('_', ' ')} (%)")
-        ax.set_title("Final accuracy per model")
+        if metric.percent:
+            low = min(values)
+            ax.set_ylim(max(0.0, low - max(5.0, (max(values) - low) * 2)), 100)
+        ax.set_ylabel(f"{key.replace('_', ' ')}{unit}")
+        ax.set_title(f"Final {metric.name.replace('_', ' ')} per model")
         fig.tight_layout()
-        fig.savefig(out / "final_accuracy.png", dpi=110)
+        fig.savefig(out / f"final_{metric.name}.png", dpi=110)
         plt.close(fig)
-        written.append("final_accuracy.png")
+        written.append(f"final_{metric.name}.png")
     return written
 
 
-# --- per-method sections of report.md ----------------------------------------------------------
+# --- what the methods' sections share -----------------------------------------------------------
 
 
-def _baselines(
+def baselines(
     summary: dict[str, Any], method: str = "train", teacher: str | None = None
 ) -> dict[str, str]:
     """Architecture -> the first model of that architecture trained by a ``method`` stage (with
-    ``teacher`` as its only teacher, when given): by default the "alone" baseline of the TAKD
-    and DML sections; with ``method="kd"``, the student distilled directly from a chain's
-    teacher."""
+    ``teacher`` as its only teacher, when given): by default the "alone" baseline of a method's
+    section; with ``method="kd"``, say, the student distilled directly from ``teacher``."""
     found: dict[str, str] = {}
     for stage in summary["stages"]:
         if stage["method"] != method:
@@ -130,128 +149,59 @@ def _baselines(
     return found
 
 
-def _accuracy_cells(
+def metric_cells(
     summary: dict[str, Any], name: str | None, has_test: bool, stage: dict[str, Any] | None = None
 ) -> list[str]:
-    """Validation (and test) accuracy of ``name``; validation as the stage left the model when
-    ``stage`` trained it (a later stage may train it further)."""
+    """The primary metric of model ``name`` on validation (and test); validation as ``stage``
+    left the model when ``stage`` trained it (a later stage may train it further)."""
+    metric = task_of(summary).primary
     model = summary["models"].get(name) if name else None
     if model is None:
         return ["—"] * (2 if has_test else 1)
-    at_stage = (stage or {}).get("val_accuracy", {})
-    cells = [_pct(at_stage.get(name, model.get("val_accuracy")))]
+    key = f"val_{metric.name}"
+    at_stage = (stage or {}).get(key, {})
+    cells = [metric.format(at_stage.get(name, model.get(key)))]
     if has_test:
-        cells.append(_pct(model.get("test_accuracy")))
+        cells.append(metric.format(model.get(f"test_{metric.name}")))
     return cells
 
 
-def _alone_cells(
-    summary: dict[str, Any], name: str, baselines: dict[str, str], has_test: bool
+def alone_cells(
+    summary: dict[str, Any], name: str, alone: dict[str, str], has_test: bool
 ) -> list[str]:
+    """:func:`metric_cells` of the model that ``alone`` (from :func:`baselines`) lists for
+    ``name``'s architecture, with its name in brackets; dashes when there is none."""
     arch = summary["models"].get(name, {}).get("arch")
-    alone = baselines.get(arch) if arch else None
-    if alone is None or alone == name:
+    other = alone.get(arch) if arch else None
+    if other is None or other == name:
         return ["—"] * (2 if has_test else 1)
-    cells = _accuracy_cells(summary, alone, has_test)
-    return [f"{cells[0]} ({alone})", *cells[1:]]
+    cells = metric_cells(summary, other, has_test)
+    return [f"{cells[0]} ({other})", *cells[1:]]
 
 
-_ALONE_NOTE = (
+ALONE_NOTE = (
     "*Alone*: a model of the same architecture trained by a `train` stage of this recipe (its "
     "name in brackets); add such a stage to get this baseline."
 )
 
 
-def _takd_section(summary: dict[str, Any], stages: list[dict[str, Any]]) -> list[str]:
-    has_test = "test" in summary["data"]
-    baselines = _baselines(summary)
-    split = ["val", "test"] if has_test else ["val"]
-    header = ["link", "teacher → model", "arch", "T", "α"]
-    header += [f"after distillation ({s})" for s in split] + [f"alone ({s})" for s in split]
-    header += [f"KD from the chain's teacher ({s})" for s in split]
-    lines = ["", "## Teacher-assistant chains (TAKD)"]
-    for stage in stages:
-        chain = stage.get("chain", [])
-        lines += ["", f"Stage `{stage['name']}`: {' → '.join(chain)}", ""]
-        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        start = chain[0] if chain else None
-        direct = _baselines(summary, "kd", teacher=start) if start else {}
-        if start is not None:
-            arch = summary["models"].get(start, {}).get("arch", "")
-            row = ["start", start, arch, "—", "—"]
-            row += _accuracy_cells(summary, start, has_test)
-            row += _alone_cells(summary, start, baselines, has_test)
-            row += ["—"] * len(split)
-            lines.append("| " + " | ".join(row) + " |")
-        for link in stage.get("links", []):
-            student = link["student"]
-            arch = summary["models"].get(student, {}).get("arch", "")
-            note = " (already trained: kept)" if link.get("skipped") else ""
-            row = [
-                link["phase"],
-                f"{link['teacher']} → {student}{note}",
-                arch,
-                f"{link['temperature']:g}",
-                f"{link['alpha']:g}",
-            ]
-            row += _accuracy_cells(summary, student, has_test, stage)
-            row += _alone_cells(summary, student, baselines, has_test)
-            row += _alone_cells(summary, student, direct, has_test)
-            lines.append("| " + " | ".join(row) + " |")
-    note = (
-        "*KD from the chain's teacher*: a model of the same architecture distilled directly "
-        "from the chain's first model by a `kd` stage of this recipe, to see whether the "
-        "assistants helped."
-    )
-    return [*lines, "", _ALONE_NOTE, "", note]
-
-
-def _dml_section(summary: dict[str, Any], stages: list[dict[str, Any]]) -> list[str]:
-    has_test = "test" in summary["data"]
-    baselines = _baselines(summary)
-    split = ["val", "test"] if has_test else ["val"]
-    header = ["model", "arch", "role"]
-    header += [f"in the cohort ({s})" for s in split] + [f"alone ({s})" for s in split]
-    lines = ["", "## Deep mutual learning (DML)"]
-    for stage in stages:
-        members = [(name, "learner") for name in stage.get("cohort", [])]
-        if stage.get("teacher"):
-            members.append((stage["teacher"], "fixed teacher"))
-        lines += [
-            "",
-            f"Stage `{stage['name']}`: {len(members)} members, T = {stage.get('temperature', 1):g}"
-            f", {stage.get('update', 'joint')} updates",
-            "",
-        ]
-        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for name, role in members:
-            arch = summary["models"].get(name, {}).get("arch", "")
-            row = [name, arch, role, *_accuracy_cells(summary, name, has_test, stage)]
-            row += _alone_cells(summary, name, baselines, has_test)
-            lines.append("| " + " | ".join(row) + " |")
-    return [*lines, "", _ALONE_NOTE]
-
-
-#: Stage method -> writer of its report.md section (given the summary and that method's stages).
-METHOD_SECTIONS: dict[str, Callable[[dict[str, Any], list[dict[str, Any]]], list[str]]] = {
-    "takd": _takd_section,
-    "dml": _dml_section,
-}
-
-
 def method_sections(summary: dict[str, Any]) -> list[str]:
     """The report.md sections of the methods that have one, for the stages that ran them."""
+    from .methods import METHODS
+
     lines: list[str] = []
-    for method, section in METHOD_SECTIONS.items():
+    for method, spec in METHODS.items():
         stages = [s for s in summary["stages"] if s["method"] == method]
         if stages:
-            lines += section(summary, stages)
+            lines += spec.report_section(summary, stages)
     return lines
 
 
 def write_report(out: str | Path, summary: dict[str, Any], metrics: list[dict[str, Any]]) -> None:
     """Write ``report.md`` and the plots into the run directory ``out``."""
     out = Path(out)
+    task = task_of(summary)
+    metric = task.primary
     plots = write_plots(out, summary, metrics)
     data = summary["data"]
     split = f"{data['train']} train / {data['val']} validation"
@@ -260,32 +210,35 @@ def write_report(out: str | Path, summary: dict[str, Any], metrics: list[dict[st
     lines = [
         "# distill run report",
         "",
-        f"Recipe: `{summary['recipe']}` · seed {summary.get('seed', 0)} · data: "
-        f"{data['name']} ({split})",
+        f"Recipe: `{summary['recipe']}` · seed {summary.get('seed', 0)} · task {task.name} · "
+        f"data: {data['name']} ({split})",
         "",
         "## Models",
         "",
         results_table(summary, markdown=True),
         "",
-        "Accuracies are top-1 on the validation split carved from the training data"
+        "Metrics are measured on the validation split"
         + (
-            "; test accuracy is on the official test split, measured once at the end."
+            "; test metrics are on the test split, measured once at the end."
             if "test" in data
             else "."
         ),
         "",
         "## Stages",
         "",
-        "| # | stage | method | trains | teachers | epochs | seconds | val acc |",
-        "|---|---|---|---|---|---|---|---|",
     ]
+    rows = []
     for i, stage in enumerate(summary["stages"]):
-        accs = ", ".join(f"{k} {_pct(v)}" for k, v in stage["val_accuracy"].items())
-        lines.append(
-            f"| {i} | {stage['name']} | {stage['method']} | {', '.join(stage['models'])} | "
-            f"{', '.join(stage.get('teachers', [])) or '—'} | {stage['epochs']} | "
-            f"{stage['seconds']:.1f} | {accs} |"
+        shown = ", ".join(
+            f"{k} {metric.format(v)}" for k, v in stage.get(f"val_{metric.name}", {}).items()
         )
+        teachers = ", ".join(stage.get("teachers", [])) or "—"
+        rows.append(
+            [str(i), stage["name"], stage["method"], ", ".join(stage["models"]), teachers,
+             str(stage["epochs"]), f"{stage['seconds']:.1f}", shown]
+        )
+    header = ["#", "stage", "method", "trains", "teachers", "epochs", "seconds"]
+    lines += markdown_table([*header, f"val {metric.label}"], rows)
     lines += method_sections(summary)
     for plot in plots:
         lines += ["", f"![{plot}]({plot})"]

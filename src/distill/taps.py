@@ -327,43 +327,67 @@ def _device_of(model: nn.Module, default: torch.device) -> torch.device:
     return default
 
 
+def _call(model: nn.Module, inputs: Any, task: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """``(args, kwargs)`` calling ``model`` on ``inputs`` (a tensor, or a dict batch called as
+    ``task`` says), with the tensors moved to the model's device."""
+    from .tasks import get_task
+
+    if isinstance(inputs, torch.Tensor):
+        return (inputs.to(_device_of(model, inputs.device)),), {}
+    device = _device_of(model, torch.device("cpu"))
+    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    return get_task(task or "classification").inputs(batch)
+
+
 def probe(
     model: nn.Module,
     names: str | Sequence[str],
-    inputs: torch.Tensor,
+    inputs: torch.Tensor | Mapping[str, Any],
     *,
     select: Selector | Mapping[str, Selector] = None,
+    task: Any = None,
 ) -> dict[str, torch.Tensor]:
     """The features ``names`` of ``model`` for ``inputs``, from one forward that changes
     nothing: eval mode (BatchNorm statistics untouched), no gradients, stopped after the
-    last tapped layer. The model's train/eval mode is restored afterwards; ``inputs`` are
-    moved to the model's device."""
+    last tapped layer. The model's train/eval mode is restored afterwards.
+
+    ``inputs`` is a tensor (``model(inputs)``) or a dict batch, which ``task`` (a
+    :class:`~distill.tasks.Task` or its name; default ``classification``) says how to pass;
+    its tensors are moved to the model's device.
+    """
     was_training = model.training
     model.eval()
     try:
+        args, kwargs = _call(model, inputs, task)
         with torch.no_grad(), Taps(model, names, select=select) as taps:
-            return taps.run_until_captured(inputs.to(_device_of(model, inputs.device)))
+            return taps.run_until_captured(*args, **kwargs)
     finally:
         model.train(was_training)
 
 
 def feeding_parameters(
-    model: nn.Module, names: str | Sequence[str], inputs: torch.Tensor
+    model: nn.Module,
+    names: str | Sequence[str],
+    inputs: torch.Tensor | Mapping[str, Any],
+    *,
+    task: Any = None,
 ) -> list[str]:
     """Names of the parameters of ``model`` that the features ``names`` depend on.
 
-    Found by back-propagating from the features of one eval-mode forward on ``inputs``
-    (stopped after the last tapped layer), so it follows the real data flow of any model:
-    parameters of layers after the taps, or on branches that do not reach them, are left
-    out. ``requires_grad`` of the model's parameters is left as it was.
+    Found by back-propagating from the features of one eval-mode forward on ``inputs`` (a
+    tensor or a dict batch, as for :func:`probe`), stopped after the last tapped layer, so it
+    follows the real data flow of any model: parameters of layers after the taps, or on
+    branches that do not reach them, are left out. ``requires_grad`` of the model's
+    parameters is left as it was.
     """
     was_training = model.training
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
     model.eval()
     try:
         model.requires_grad_(True)
+        args, kwargs = _call(model, inputs, task)
         with torch.enable_grad(), Taps(model, names) as taps:
-            features = taps.run_until_captured(inputs.to(_device_of(model, inputs.device)))
+            features = taps.run_until_captured(*args, **kwargs)
             named = [(n, p) for n, p in model.named_parameters()]
             total = sum(f.float().sum() for f in features.values() if f.requires_grad)
             if not isinstance(total, torch.Tensor):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
@@ -54,7 +55,8 @@ class DataBundle:
     """The splits a run trains, validates and tests on.
 
     Every item is ``(image, label)``: image float32 ``[C, H, W]`` (normalised), label an int64
-    scalar tensor. Only ``train`` is ever augmented.
+    scalar tensor. Only ``train`` is ever augmented. ``collate`` turns a list of dict items
+    into a batch (``None``: PyTorch's default stacking).
     """
 
     name: str
@@ -64,6 +66,7 @@ class DataBundle:
     num_classes: int
     in_channels: int
     image_size: tuple[int, int]
+    collate: Callable[[list[Any]], Any] | None = None
 
 
 class TensorImageDataset(Dataset):

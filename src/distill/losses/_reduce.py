@@ -20,3 +20,9 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor
         )
     weights = mask.to(values.dtype)
     return (values * weights).sum() / weights.sum().clamp_min(1.0)
+
+
+def shape_without(shape: torch.Size, dim: int) -> torch.Size:
+    """``shape`` without dimension ``dim`` (the positions of logits with classes along ``dim``)."""
+    axis = dim % len(shape)
+    return shape[:axis] + shape[axis + 1 :]

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from ._args import check_positive
+from ..checks import check_positive
 
 
 def attention_map(feature: torch.Tensor, p: float = 2.0) -> torch.Tensor:
@@ -52,7 +52,7 @@ def attention_map(feature: torch.Tensor, p: float = 2.0) -> torch.Tensor:
     Returns:
         ``[N, H·W]`` float32 (computed in float32 even under autocast).
     """
-    p = check_positive("p", p)
+    p = check_positive(p, "p")
     if feature.dim() != 4:
         raise ValueError(
             f"attention_map needs an [N, C, H, W] feature map, got shape {tuple(feature.shape)}"
@@ -98,7 +98,7 @@ def at_terms(
             "at_loss needs the same (non-zero) number of student and teacher feature maps, got "
             f"{len(student_features)} and {len(teacher_features)}"
         )
-    p = check_positive("p", p)
+    p = check_positive(p, "p")
     terms = []
     for j, (s, t) in enumerate(zip(student_features, teacher_features, strict=True)):
         if s.dim() != 4 or t.dim() != 4:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from ._args import check_positive, check_temperature
+from ..checks import check_positive, check_temperature
 
 
 def contrast_scores(
@@ -89,7 +89,7 @@ def crd_nce_loss(scores: torch.Tensor, num_samples: int, eps: float = 1e-7) -> t
         )
     if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
         raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
-    eps = check_positive("eps", eps)
+    eps = check_positive(eps, "eps")
     with torch.autocast(device_type=scores.device.type, enabled=False):
         p = scores.float()
         noise = (p.shape[1] - 1) / float(num_samples)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from ._args import check_positive, check_temperature, check_weight
+from ..checks import check_nonnegative, check_positive, check_temperature
 
 
 def _pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
@@ -75,7 +75,7 @@ def dist_terms(
         ``(inter, intra)``: two float32 scalars, computed in float32 even under autocast.
     """
     temperature = check_temperature(temperature)
-    eps = check_positive("eps", eps)
+    eps = check_positive(eps, "eps")
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(
             "student and teacher logits must have the same shape, got "
@@ -128,8 +128,8 @@ def dist_loss(
     Returns:
         A float32 scalar.
     """
-    beta = check_weight("beta", beta)
-    gamma = check_weight("gamma", gamma)
+    beta = check_nonnegative(beta, "beta")
+    gamma = check_nonnegative(gamma, "gamma")
     inter, intra = dist_terms(
         student_logits, teacher_logits, temperature, eps=eps, dim=dim, mask=mask
     )

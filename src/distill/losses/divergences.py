@@ -21,8 +21,8 @@ from torch import Tensor
 
 from distill.errors import did_you_mean
 
-from ._checks import check_fraction, check_temperature, shape_without
-from ._reduce import masked_mean
+from ..checks import check_fraction, check_temperature
+from ._reduce import masked_mean, shape_without
 from .sparse import TopK, topk_buckets
 
 
@@ -205,8 +205,8 @@ def divergence(
         )
     terms = _KINDS[kind]
     temperature = check_temperature(temperature)
-    beta = check_fraction("beta", beta)
-    skew = check_fraction("skew", skew)
+    beta = check_fraction(beta, "beta")
+    skew = check_fraction(skew, "skew")
     with torch.autocast(device_type=student_logits.device.type, enabled=False):
         log_p, log_q = _log_probs(student_logits, teacher_logits, temperature, dim)
         if mask is not None and mask.shape == shape_without(log_p.shape, dim):

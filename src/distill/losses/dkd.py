@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import torch
 
-from ._args import check_temperature, check_weight
+from ..checks import check_nonnegative, check_temperature
 from ._reduce import masked_mean
 
 
@@ -166,7 +166,7 @@ def dkd_loss(
     Returns:
         A float32 scalar.
     """
-    alpha = check_weight("alpha", alpha)
-    beta = check_weight("beta", beta)
+    alpha = check_nonnegative(alpha, "alpha")
+    beta = check_nonnegative(beta, "beta")
     tckd, nckd = dkd_terms(student_logits, teacher_logits, targets, temperature, dim=dim, mask=mask)
     return alpha * tckd + beta * nckd

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..checks import check_temperature
 from ._reduce import masked_mean
 
 
@@ -41,8 +42,7 @@ def kd_loss(
         ``F.kl_div(log_softmax(s/T), softmax(t/T), reduction="batchmean") * T**2``.
         Computed in float32 even under autocast.
     """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    check_temperature(temperature)
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(
             "student and teacher logits must have the same shape, got "

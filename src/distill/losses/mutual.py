@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..checks import check_temperature
 from ._reduce import masked_mean
 from .kd import kd_loss
 
@@ -23,6 +24,9 @@ def _cross_entropy(
             f"targets must have the logits' shape without the class dimension, {expected}; got "
             f"{list(targets.shape)}"
         )
+    if mask is not None:
+        # Positions left out may hold an ignore label such as -100: gather a valid class there.
+        targets = targets.masked_fill(~mask.bool(), 0)
     log_p = F.log_softmax(logits.float(), dim=dim)
     per_position = -log_p.gather(dim, targets.unsqueeze(dim)).squeeze(dim)
     return masked_mean(per_position, mask)
@@ -60,8 +64,7 @@ def mutual_terms(
             "mutual learning needs a cohort of at least 2 members with at least one learner; "
             f"got {len(logits)} learner(s) and {len(fixed)} fixed member(s)"
         )
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    check_temperature(temperature)
     every = [*logits, *fixed]
     shape = every[0].shape
     for index, z in enumerate(every):

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from ._args import check_positive
+from ..checks import check_positive
 
 
 def _conditional(emb: torch.Tensor, eps: float) -> torch.Tensor:
@@ -61,7 +61,7 @@ def pkt_loss(
     Returns:
         A float32 scalar, computed in float32 even under autocast.
     """
-    eps = check_positive("eps", eps)
+    eps = check_positive(eps, "eps")
     for name, emb in (("student_emb", student_emb), ("teacher_emb", teacher_emb)):
         if emb.dim() < 2 or emb.shape[0] < 1:
             raise ValueError(

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._args import check_positive, check_weight
+from ..checks import check_nonnegative, check_positive
 
 
 def _flatten(name: str, emb: torch.Tensor) -> torch.Tensor:
@@ -95,7 +95,7 @@ def rkd_terms(
     Returns:
         ``(distance, angle)``: two float32 scalars, computed in float32 even under autocast.
     """
-    eps = check_positive("eps", eps)
+    eps = check_positive(eps, "eps")
     s = _flatten("student_emb", student_emb)
     t = _flatten("teacher_emb", teacher_emb)
     if s.shape[0] != t.shape[0]:
@@ -126,7 +126,7 @@ def rkd_loss(
     Returns:
         A float32 scalar.
     """
-    distance_weight = check_weight("distance_weight", distance_weight)
-    angle_weight = check_weight("angle_weight", angle_weight)
+    distance_weight = check_nonnegative(distance_weight, "distance_weight")
+    angle_weight = check_nonnegative(angle_weight, "angle_weight")
     distance, angle = rkd_terms(student_emb, teacher_emb)
     return distance_weight * distance + angle_weight * angle

@@ -28,7 +28,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from ._checks import check_temperature, shape_without
+from ..checks import check_temperature
+from ._reduce import shape_without
 
 
 class TopK(NamedTuple):

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import torch
 
-from ._args import check_weight
+from ..checks import check_nonnegative
 
 
 def standardize(logits: torch.Tensor, dim: int = -1, eps: float = 1e-7) -> torch.Tensor:
@@ -61,7 +61,7 @@ def standardize(logits: torch.Tensor, dim: int = -1, eps: float = 1e-7) -> torch
         A float32 tensor of the logits' shape (computed in float32 even under autocast).
         Standardising a tensor twice gives the same tensor, up to ``eps``.
     """
-    eps = check_weight("eps", eps)
+    eps = check_nonnegative(eps, "eps")
     if logits.dim() == 0 or logits.shape[dim] < 2:
         raise ValueError(
             f"standardize needs at least 2 classes along dim {dim} to compute a standard "

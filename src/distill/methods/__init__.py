@@ -1,12 +1,23 @@
 """Distillation methods, one file each, all with the :class:`Distiller` contract.
 
 ``METHODS`` is the registry of recipe stage methods: a plain dict from the name used in a
-recipe's ``method:`` field to the stage class that validates the stage and builds its phases.
+recipe's ``method:`` field to the stage class that validates the stage, builds its phases, and
+owns its report section and demo entry. Adding a method is one file and one line here.
 """
 
 from __future__ import annotations
 
-from .base import Distiller, Output, Phase, StageContext, StageSpec, freeze, logits_of
+from .at import AT, ATStage
+from .base import (
+    DemoEntry,
+    Distiller,
+    Output,
+    Phase,
+    Progress,
+    StageContext,
+    StageSpec,
+    TeacherFields,
+)
 from .dml import DML, DMLStage
 from .fitnets import FitNets, FitNetsStage
 from .fsp import FSP, FSPPair, FSPStage, propose_fsp_pairs
@@ -19,26 +30,29 @@ METHODS: dict[str, type[StageSpec]] = {
     "kd": KDStage,
     "fitnets": FitNetsStage,
     "fsp": FSPStage,
+    "at": ATStage,
     "takd": TAKDStage,
     "dml": DMLStage,
 }
 
 __all__ = [
-    "METHODS",
-    "KD",
+    "AT",
+    "DML",
     "FSP",
+    "KD",
+    "METHODS",
+    "TAKD",
+    "DemoEntry",
+    "Distiller",
     "FSPPair",
     "FitNets",
-    "propose_fsp_pairs",
-    "DML",
-    "TAKD",
-    "assistant_ladder",
-    "Distiller",
     "Output",
     "Phase",
+    "Progress",
     "StageContext",
     "StageSpec",
     "Supervised",
-    "freeze",
-    "logits_of",
+    "TeacherFields",
+    "assistant_ladder",
+    "propose_fsp_pairs",
 ]

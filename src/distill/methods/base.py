@@ -1,18 +1,18 @@
 """The Distiller contract, and how a recipe stage turns into training phases.
 
-A :class:`Distiller` is an ``nn.Module`` whose ``forward(inputs, targets)`` returns an
-:class:`Output` with the scalar ``loss`` to back-propagate. Any plain PyTorch loop can use one::
+A :class:`Distiller` is an ``nn.Module`` whose ``forward(batch)`` returns an :class:`Output`
+with the scalar ``loss`` to back-propagate. Any plain PyTorch loop can use one::
 
-    out = method(x, y)
+    out = method(batch)        # a dict batch; for image classification also method(x, y)
     out.loss.backward()
 
 A recipe stage (a :class:`StageSpec`) describes one or more :class:`Phase` objects; each phase
-is trained by the trainer on its own. Methods never run loops themselves.
+is trained by the training loop on its own. Methods never run loops themselves.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -21,7 +21,10 @@ from pydantic import Field
 from torch import nn
 
 from ..cache import CacheSettings
+from ..checks import Temperature, Weight
 from ..config import Strict, TrainConfig
+from ..tasks import Batch, Task, get_task
+from ..teachers import Teacher
 
 
 @dataclass
@@ -32,7 +35,8 @@ class Output:
         loss: the scalar to back-propagate.
         parts: weighted loss terms by name (``"ce"``, ``"kd"``, ...) for logging; they sum to
             ``loss``.
-        logits: the student's logits ``[N, C]`` (a list, one per model, for a cohort).
+        logits: the student's logits (``[N, C]``, or ``[N, L−1, V]`` for a causal LM); a list,
+            one per model, for a cohort.
     """
 
     loss: torch.Tensor
@@ -40,56 +44,67 @@ class Output:
     logits: torch.Tensor | list[torch.Tensor]
 
 
-def logits_of(output: Any) -> torch.Tensor:
-    """The logits in a model's output.
+@dataclass
+class Progress:
+    """Where training is, for methods with warm-ups or schedules of their own. The training
+    loop sets ``method.progress`` before every step and saves it in checkpoints.
 
-    A tensor is returned as is; an object with a ``logits`` attribute or key (Hugging Face
-    outputs) gives that; a tuple or list gives its first element.
+    Attributes:
+        epoch: the epoch being trained, from 0.
+        step: optimizer steps taken so far in this phase (all epochs), from 0.
+        epochs: epochs in the phase.
+        steps_per_epoch: optimizer steps per epoch.
     """
-    if isinstance(output, torch.Tensor):
-        return output
-    if hasattr(output, "logits"):
-        return output.logits
-    if isinstance(output, dict) and "logits" in output:
-        return output["logits"]
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
-    raise TypeError(
-        f"cannot find logits in a model output of type {type(output).__name__}; return a "
-        "tensor, a tuple whose first item is the logits, or an object with a .logits field"
-    )
+
+    epoch: int = 0
+    step: int = 0
+    epochs: int = 1
+    steps_per_epoch: int = 1
+
+    @property
+    def fraction(self) -> float:
+        """Share of the phase's optimizer steps taken, in [0, 1]."""
+        return min(1.0, self.step / max(1, self.epochs * self.steps_per_epoch))
 
 
-def freeze(model: nn.Module) -> nn.Module:
-    """Make ``model`` a teacher: eval mode and no parameter requires a gradient."""
-    model.eval()
-    model.requires_grad_(False)
-    return model
+def as_batch(batch: Batch | torch.Tensor, targets: torch.Tensor | None = None) -> Batch:
+    """``batch`` itself, or ``{"inputs": batch, "targets": targets}`` for the ``(x, y)``
+    shorthand of image classification."""
+    if not isinstance(batch, Mapping):
+        return {"inputs": batch, "targets": targets}
+    if targets is not None:
+        raise TypeError("pass either a dict batch or (inputs, targets), not both")
+    return batch
 
 
 class Distiller(nn.Module):
     """Base class of every method.
 
-    Subclasses register their frozen models' attribute names in ``teacher_names``; those are
-    kept in eval mode, never yield parameters from :meth:`trainable_parameters`, and are left
-    out of :meth:`trainable_state_dict` (checkpoints).
+    Args:
+        task: how models are called on a batch and what their logits are (a
+            :class:`~distill.tasks.Task` or its name; default ``classification``).
+
+    The frozen models are :class:`~distill.teachers.Teacher` submodules: they stay in eval
+    mode, never yield parameters from :meth:`trainable_parameters`, and are left out of
+    :meth:`trainable_state_dict` (checkpoints).
     """
 
-    teacher_names: ClassVar[tuple[str, ...]] = ()
+    def __init__(self, task: str | Task = "classification") -> None:
+        super().__init__()
+        self.task = get_task(task)
+        self.progress = Progress()
 
-    def forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> Output:  # pragma: no cover
+    def __call__(self, batch: Batch | torch.Tensor, targets: torch.Tensor | None = None) -> Any:
+        """``method(batch)``; for image classification ``method(x, y)`` is shorthand for
+        ``method({"inputs": x, "targets": y})``."""
+        return super().__call__(as_batch(batch, targets))
+
+    def forward(self, batch: Batch) -> Output:  # pragma: no cover - every method overrides it
         raise NotImplementedError
 
-    def teachers(self) -> list[nn.Module]:
+    def teachers(self) -> list[Teacher]:
         """The frozen models (never optimised)."""
-        found = [getattr(self, name, None) for name in self.teacher_names]
-        return [m for m in found if isinstance(m, nn.Module)]
-
-    def train(self, mode: bool = True) -> Distiller:
-        super().train(mode)
-        for teacher in self.teachers():
-            teacher.eval()
-        return self
+        return [m for m in self.modules() if isinstance(m, Teacher)]
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         """Students' and adapters' parameters; never a teacher's."""
@@ -99,16 +114,17 @@ class Distiller(nn.Module):
                 yield p
 
     def optimizer_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Parameters by optimizer: the trainer gives each group its own optimizer and
+        """Parameters by optimizer: the training loop gives each group its own optimizer and
         schedule (a cohort method returns one group per member). Default: one group."""
         return {"all": list(self.trainable_parameters())}
 
     def step_losses(
-        self, inputs: torch.Tensor, targets: torch.Tensor
+        self, batch: Batch | torch.Tensor, targets: torch.Tensor | None = None
     ) -> Iterator[tuple[str, Output]] | None:
-        """Optional: for methods that update their groups one after another within a step.
+        """Optional: for methods that update their groups one after another within a step
+        (``(x, y)`` works as for :meth:`__call__`).
 
-        Return a generator yielding ``(group, output)``; the trainer back-propagates
+        Return a generator yielding ``(group, output)``; the loop back-propagates
         ``output.loss`` and steps that group's optimizer before asking for the next item, so
         later items see the updated weights. Return ``None`` (the default) to use
         :meth:`forward` with one joint update.
@@ -116,21 +132,29 @@ class Distiller(nn.Module):
         return None
 
     def epoch_end(self) -> None:
-        """Called by the trainer after each epoch's last step, before its checkpoint (e.g. to
-        flush a teacher cache to disk)."""
+        """Called by the loop after each epoch's last step, before its checkpoint: makes the
+        teachers' output stores durable."""
+        for teacher in self.teachers():
+            teacher.flush()
+
+    def _teacher_prefixes(self) -> tuple[str, ...]:
+        return tuple(f"{n}." for n, m in self.named_modules() if isinstance(m, Teacher) and n)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """``state_dict()`` without the teachers' entries."""
-        prefixes = tuple(f"{name}." for name in self.teacher_names)
+        prefixes = self._teacher_prefixes()
         return {k: v for k, v in self.state_dict().items() if not k.startswith(prefixes)}
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Inverse of :meth:`trainable_state_dict`."""
         missing, unexpected = self.load_state_dict(state, strict=False)
-        prefixes = tuple(f"{name}." for name in self.teacher_names)
+        prefixes = self._teacher_prefixes()
         missing = [k for k in missing if not k.startswith(prefixes)]
         if missing or unexpected:
             raise KeyError(f"state mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+# --- recipe stages -----------------------------------------------------------------------------
 
 
 @dataclass
@@ -140,19 +164,32 @@ class StageContext:
     Attributes:
         models: every named model of the recipe (shared objects: a phase that trains a model
             changes it for later phases).
-        sample_inputs: one batch of training inputs, for methods that size adapters by a probe.
-        num_classes: classes of the data.
+        sample_batch: a dict batch of a few training items, for methods that size adapters
+            or check layers with a probe forward.
+        task: the recipe's task.
         seed: the recipe's seed.
         trained: names of the models already trained by earlier stages or loaded from a
             checkpoint when this stage starts (a method may skip retraining them).
+        make_teacher: builds the :class:`Teacher` of a model with a stage's teacher settings
+            (the pipeline's, which attaches output stores); default: a plain ``Teacher``.
     """
 
     models: dict[str, nn.Module]
-    sample_inputs: torch.Tensor
-    num_classes: int
+    sample_batch: dict[str, Any]
+    task: Task
     seed: int = 0
     trained: set[str] = field(default_factory=set)
-    extras: dict[str, Any] = field(default_factory=dict)
+    make_teacher: Callable[[str, TeacherFields | None, float], Teacher] | None = None
+
+    def teacher(
+        self, name: str, settings: TeacherFields | None = None, temperature: float = 1.0
+    ) -> Teacher:
+        """Model ``name`` as a teacher, with a stage's teacher settings (precision, cache);
+        ``temperature`` is the one its loss uses (a top-k cache stores outputs at it)."""
+        if self.make_teacher is not None:
+            return self.make_teacher(name, settings, temperature)
+        precision = settings.teacher_precision if settings is not None else "fp32"
+        return Teacher(self.models[name], self.task, precision)
 
 
 @dataclass
@@ -163,26 +200,33 @@ class Phase:
         name: unique within the stage (``"train"``, ``"kd"``, ``"hint"``, ``"link1"``...).
         build: makes the Distiller when the phase starts (late, so it sees the weights that
             earlier phases trained).
-        trains: names of the models this phase changes; they are evaluated every epoch and
+        models: names of the models this phase changes; they are evaluated every epoch and
             checkpointed.
-        train: the training settings of this phase.
+        config: the training settings of this phase.
         after: optional hook run after the phase finishes (e.g. to keep part of a model).
-        cache: when set, the pipeline attaches a :class:`~distill.cache.TeacherCache` to the
-            built method (which must have ``teacher`` and ``cache`` attributes, like
-            :class:`~distill.methods.KD`) and feeds it batches with cache keys.
     """
 
     name: str
     build: Callable[[], Distiller]
-    trains: list[str]
-    train: TrainConfig
+    models: list[str]
+    config: TrainConfig
     after: Callable[[Distiller], None] | None = None
-    cache: CacheSettings | None = None
 
 
-class TeacherCacheFields(Strict):
+@dataclass(frozen=True)
+class DemoEntry:
+    """How ``distill demo --methods NAME`` adds a method: the student it trains (a model of
+    the demo's student architecture), the stage (whose teacher is the demo's ``teacher``),
+    and any extra models by name and architecture."""
+
+    student: str
+    stage: dict[str, Any]
+    models: dict[str, str] = field(default_factory=dict)
+
+
+class TeacherFields(Strict):
     """Recipe fields of the stages whose teacher is fixed (``kd``, FitNets' KD phase, TAKD
-    links): the teacher-output cache and teacher precision.
+    links): the teacher's precision and its output cache.
 
     - ``cache``: ``none`` (default) or ``teacher``: compute the teacher's outputs once per
       sample view and reuse them in later epochs.
@@ -219,12 +263,16 @@ class StageSpec(Strict):
 
     ``train`` holds the recipe's training defaults merged with the stage's own overrides (the
     recipe loader fills it in). Subclasses add their method's fields and implement
-    :meth:`phases`, :meth:`produces` and :meth:`uses`.
+    :meth:`phases`, :meth:`produces`, :meth:`uses` and :meth:`references`; they may add a
+    ``report.md`` section (:meth:`report_section`) and a demo entry (``demo``).
     """
 
     method: str
     name: str | None = None
     train: TrainConfig = Field(default_factory=TrainConfig)
+
+    #: How ``distill demo --methods`` adds this method (``None``: not in the demo).
+    demo: ClassVar[DemoEntry | None] = None
 
     def produces(self) -> list[str]:
         """Models this stage trains."""
@@ -233,6 +281,11 @@ class StageSpec(Strict):
     def uses(self) -> list[str]:
         """Models this stage needs already trained (teachers)."""
         return []
+
+    def references(self) -> list[tuple[str, str]]:
+        """``(field, model name)`` for every model the stage's fields name (``"chain.1"`` for a
+        list item), so the recipe can check that each is defined."""
+        raise NotImplementedError
 
     def stage_name(self) -> str:
         """The stage's name in outputs: ``name`` if given, else the (last) trained model."""
@@ -251,22 +304,36 @@ class StageSpec(Strict):
         """Method settings worth showing in ``summary.json`` (e.g. temperature, alpha)."""
         skip = {"method", "name", "train"} | set(StageSpec.model_fields)
         if self.model_dump().get("cache", "none") == "none":
-            skip |= set(TeacherCacheFields.model_fields) - {"teacher_precision"}
+            skip |= set(TeacherFields.model_fields) - {"teacher_precision"}
         return {k: v for k, v in self.model_dump().items() if k not in skip}
+
+    @classmethod
+    def report_section(cls, summary: dict[str, Any], stages: list[dict[str, Any]]) -> list[str]:
+        """Lines of this method's own ``report.md`` section, given the run's summary and the
+        summaries of the stages that ran it (none by default)."""
+        return []
 
 
 class TeacherStudentSpec(StageSpec):
-    """Fields of the stages that distil one student from one teacher (``kd``, ``fitnets``,
-    ``fsp``): ``teacher``, ``student``, and the KD ``temperature`` (> 0) and ``alpha``
-    (in [0, 1]) of their KD loss."""
+    """Fields of the stages that distil one student from one teacher: ``teacher`` and
+    ``student``."""
 
     teacher: str
     student: str
-    temperature: float = Field(4.0, gt=0)
-    alpha: float = Field(0.9, ge=0, le=1)
 
     def produces(self) -> list[str]:
         return [self.student]
 
     def uses(self) -> list[str]:
         return [self.teacher]
+
+    def references(self) -> list[tuple[str, str]]:
+        return [("teacher", self.teacher), ("student", self.student)]
+
+
+class KDFields(Strict):
+    """The KD loss's ``temperature`` (> 0) and ``alpha`` (in [0, 1]), for the stages that
+    train with one (``kd``, and the second phase of ``fitnets`` and ``fsp``)."""
+
+    temperature: Temperature = 4.0
+    alpha: Weight = 0.9

@@ -9,15 +9,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, field_validator
 from torch import nn
 
+from ..checks import Temperature, check_distinct_modules, check_temperature
+from ..errors import ConfigError
 from ..losses import mutual_terms
-from .base import Distiller, Output, Phase, StageContext, StageSpec, freeze, logits_of
-from .takd import check_distinct, check_same_classes
+from ..report import ALONE_NOTE, alone_cells, baselines, markdown_table, metric_cells
+from ..tasks import Batch, Task
+from ..teachers import Teacher, as_teacher
+from .base import DemoEntry, Distiller, Output, Phase, StageContext, StageSpec, as_batch
+from .takd import check_distinct, check_same_outputs
 
 UPDATES = ("joint", "sequential")
 
@@ -76,28 +81,31 @@ class DML(Distiller):
       :meth:`forward` still computes the joint form (one forward each, for logging or a plain
       ``loss.backward()``).
 
-    Each member has its own optimizer and schedule in the trainer (:meth:`optimizer_groups`
-    gives one group per member name). A teacher joins as a fixed member: its predictions are
-    targets of every learner; it is frozen, in eval mode, and never updated.
+    Each member has its own optimizer and schedule in the training loop
+    (:meth:`optimizer_groups` gives one group per member name). A teacher joins as a fixed
+    member: its predictions are targets of every learner; it is frozen, in eval mode, and never
+    updated.
 
     Args:
         models: the learners, ``{name: module}`` or a list (named ``model0``, ``model1``...).
             Names must not contain ``"."``.
         temperature: ``T > 0`` of the KL term (paper: 1).
         update: ``"joint"`` or ``"sequential"``.
-        teacher: an optional pretrained module joining the cohort as a fixed member.
+        teacher: an optional pretrained module (or :class:`~distill.teachers.Teacher`) joining
+            the cohort as a fixed member.
+        task: how the models are called on a batch (default ``classification``).
     """
-
-    teacher_names = ("teacher",)
 
     def __init__(
         self,
         models: Mapping[str, nn.Module] | Sequence[nn.Module],
         temperature: float = 1.0,
         update: Literal["joint", "sequential"] = "joint",
-        teacher: nn.Module | None = None,
+        teacher: nn.Module | Teacher | None = None,
+        *,
+        task: str | Task = "classification",
     ) -> None:
-        super().__init__()
+        super().__init__(task)
         if not isinstance(models, Mapping):
             models = {f"model{i}": m for i, m in enumerate(models)}
         for name in models:
@@ -112,15 +120,13 @@ class DML(Distiller):
                 f"one learner; got {len(models)} learner(s) and "
                 f"{'a' if teacher is not None else 'no'} teacher"
             )
-        if len({id(m) for m in modules}) != len(modules):
-            raise ValueError("a DML cohort cannot hold the same module twice")
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+        teacher_module = teacher.module if isinstance(teacher, Teacher) else teacher
+        check_distinct_modules([*models.values(), *filter(None, [teacher_module])], "a DML cohort")
         if update not in UPDATES:
-            raise ValueError(f"update must be one of {', '.join(UPDATES)}; got {update!r}")
+            raise ConfigError(f"update must be one of {', '.join(UPDATES)}; got {update!r}")
+        self.temperature = check_temperature(temperature)
         self.members = nn.ModuleDict({n: m.requires_grad_(True) for n, m in models.items()})
-        self.teacher = freeze(teacher) if teacher is not None else None
-        self.temperature = temperature
+        self.teacher = as_teacher(teacher, self.task) if teacher is not None else None
         self.update = update
 
     @property
@@ -135,23 +141,25 @@ class DML(Distiller):
             for name, member in self.members.items()
         }
 
-    def _teacher_logits(self, inputs: torch.Tensor) -> list[torch.Tensor]:
-        if self.teacher is None:
-            return []
-        with torch.no_grad():
-            return [logits_of(self.teacher(inputs))]
+    def _teacher_logits(self, batch: Batch) -> list[torch.Tensor]:
+        return [] if self.teacher is None else [self.teacher(batch)]
 
-    def _peer_logits(self, name: str, inputs: torch.Tensor) -> torch.Tensor:
+    def _peer_logits(self, name: str, batch: Batch) -> torch.Tensor:
         """Member ``name``'s predictions as a constant target (no graph, no BN update)."""
         member = self.members[name]
         with torch.no_grad(), _buffers_kept(member):
-            return logits_of(member(inputs))
+            return self.task.logits(member, batch)
 
-    def forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> Output:
-        """The joint form: ``loss`` = Σ_k L_k; ``logits`` = one ``[N, C]`` tensor per member."""
-        logits = [logits_of(member(inputs)) for member in self.members.values()]
-        fixed = self._teacher_logits(inputs)
-        ce, kl = mutual_terms(logits, targets, self.temperature, fixed=fixed)
+    def _terms(
+        self, logits: list[torch.Tensor], batch: Batch, fixed: list[torch.Tensor]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        targets, mask = self.task.targets(batch), self.task.positions(batch)
+        return mutual_terms(logits, targets, self.temperature, fixed=fixed, mask=mask)
+
+    def forward(self, batch: Batch) -> Output:
+        """The joint form: ``loss`` = Σ_k L_k; ``logits`` = one tensor per member."""
+        logits = [self.task.logits(member, batch) for member in self.members.values()]
+        ce, kl = self._terms(logits, batch, self._teacher_logits(batch))
         parts: dict[str, torch.Tensor] = {}
         for name, c, d in zip(self.names, ce, kl, strict=True):
             parts[f"ce/{name}"] = c
@@ -160,30 +168,28 @@ class DML(Distiller):
         return Output(loss=loss, parts={k: v.detach() for k, v in parts.items()}, logits=logits)
 
     def step_losses(
-        self, inputs: torch.Tensor, targets: torch.Tensor
+        self, batch: Batch | torch.Tensor, targets: torch.Tensor | None = None
     ) -> Iterator[tuple[str, Output]] | None:
         """``None`` in joint mode; in sequential mode, a generator of ``(name, output)``, one
         per member in cohort order, each computed after the previous member's update."""
         if self.update == "joint":
             return None
-        return self._sequential(inputs, targets)
+        return self._sequential(as_batch(batch, targets))
 
-    def _sequential(
-        self, inputs: torch.Tensor, targets: torch.Tensor
-    ) -> Iterator[tuple[str, Output]]:
+    def _sequential(self, batch: Batch) -> Iterator[tuple[str, Output]]:
         names = self.names
-        fixed = self._teacher_logits(inputs)
+        fixed = self._teacher_logits(batch)
         # Constant predictions of every member; refreshed for a member once it has stepped.
         # Members not yet updated in this step keep theirs, so a step costs about 3K forwards
         # instead of K².
-        targets_of = {name: self._peer_logits(name, inputs) for name in names[1:]}
+        targets_of = {name: self._peer_logits(name, batch) for name in names[1:]}
         for k, name in enumerate(names):
             if k > 0:
                 previous = names[k - 1]
-                targets_of[previous] = self._peer_logits(previous, inputs)
-            own = logits_of(self.members[name](inputs))
+                targets_of[previous] = self._peer_logits(previous, batch)
+            own = self.task.logits(self.members[name], batch)
             peers = [targets_of[n] for n in names if n != name]
-            ce, kl = mutual_terms([own], targets, self.temperature, fixed=[*peers, *fixed])
+            ce, kl = self._terms([own], batch, [*peers, *fixed])
             loss = ce[0] + kl[0]
             parts = {f"ce/{name}": ce[0].detach(), f"kl/{name}": kl[0].detach()}
             yield name, Output(loss=loss, parts=parts, logits=own)
@@ -199,9 +205,16 @@ class DMLStage(StageSpec):
 
     method: Literal["dml"] = "dml"
     cohort: list[str] = Field(min_length=2)
-    temperature: float = Field(1.0, gt=0)
+    temperature: Temperature = 1.0
     update: Literal["joint", "sequential"] = "joint"
     teacher: str | None = None
+
+    # The student learns from scratch together with a larger peer; no teacher involved.
+    demo = DemoEntry(
+        student="student_dml",
+        stage={"method": "dml", "cohort": ["dml_peer", "student_dml"], "temperature": 1.0},
+        models={"dml_peer": "cnn-4"},
+    )
 
     @field_validator("cohort")
     @classmethod
@@ -218,9 +231,13 @@ class DMLStage(StageSpec):
     def uses(self) -> list[str]:
         return [self.teacher] if self.teacher else []
 
+    def references(self) -> list[tuple[str, str]]:
+        refs = [(f"cohort.{i}", name) for i, name in enumerate(self.cohort)]
+        return refs + ([("teacher", self.teacher)] if self.teacher else [])
+
     def check(self, ctx: StageContext) -> None:
         members = [*self.cohort, *([self.teacher] if self.teacher else [])]
-        check_same_classes(ctx, f"stage {self.stage_name()!r} (dml): cohort", members)
+        check_same_outputs(ctx, f"stage {self.stage_name()!r} (dml): cohort", members)
 
     def phases(self, ctx: StageContext) -> list[Phase]:
         def build() -> DML:
@@ -228,7 +245,35 @@ class DMLStage(StageSpec):
                 {name: ctx.models[name] for name in self.cohort},
                 temperature=self.temperature,
                 update=self.update,
-                teacher=ctx.models[self.teacher] if self.teacher else None,
+                teacher=ctx.teacher(self.teacher) if self.teacher else None,
+                task=ctx.task,
             )
 
-        return [Phase(name="dml", build=build, trains=list(self.cohort), train=self.train)]
+        return [Phase("dml", build, list(self.cohort), self.train)]
+
+    @classmethod
+    def report_section(cls, summary: dict[str, Any], stages: list[dict[str, Any]]) -> list[str]:
+        has_test = "test" in summary["data"]
+        alone = baselines(summary)
+        split = ["val", "test"] if has_test else ["val"]
+        header = ["model", "arch", "role"]
+        header += [f"in the cohort ({s})" for s in split] + [f"alone ({s})" for s in split]
+        lines = ["", "## Deep mutual learning (DML)"]
+        for stage in stages:
+            members = [(name, "learner") for name in stage.get("cohort", [])]
+            if stage.get("teacher"):
+                members.append((stage["teacher"], "fixed teacher"))
+            temperature, update = stage.get("temperature", 1), stage.get("update", "joint")
+            lines += [
+                "",
+                f"Stage `{stage['name']}`: {len(members)} members, T = {temperature:g}, "
+                f"{update} updates",
+                "",
+            ]
+            rows = []
+            for name, role in members:
+                arch = summary["models"].get(name, {}).get("arch", "")
+                row = [name, arch, role, *metric_cells(summary, name, has_test, stage)]
+                rows.append(row + alone_cells(summary, name, alone, has_test))
+            lines += markdown_table(header, rows)
+        return [*lines, "", ALONE_NOTE]

@@ -1,15 +1,16 @@
-"""FSP: the flow of solution procedure (Yim, Joo, Bae and Kim, CVPR 2017), as two stages.
+"""FSP: the flow of solution procedure (Yim, Joo, Bae and Kim, CVPR 2017), as the paper's two
+stages, run here as two phases.
 
-Stage 1: the student learns to reproduce the teacher's FSP matrices, the ``C1 × C2`` Gram-like
-matrices between pairs of layers (:func:`~distill.losses.fsp_matrix`). Stage 2: the whole
+Phase 1: the student learns to reproduce the teacher's FSP matrices, the ``C1 × C2`` Gram-like
+matrices between pairs of layers (:func:`~distill.losses.fsp_matrix`). Phase 2: the whole
 student trains on the task, with cross-entropy (the paper) or KD (``finetune="kd"``). Python
 API::
 
     pairs = propose_fsp_pairs(teacher, student)        # zoo models; or name them yourself:
     pairs = [FSPPair(student=("stem", "stages.0"), teacher=("stem", "stages.0"))]
     fsp = FSP(teacher, student, x[:8], pairs=pairs)
-    fit(fsp)                      # stage 1: loss = fsp_loss
-    fit(fsp.second_stage())       # stage 2: Supervised(student), or KD with finetune="kd"
+    fit(fsp)                      # phase 1: loss = fsp_loss
+    fit(fsp.second_phase())       # phase 2: Supervised(student), or KD with finetune="kd"
 
 FSP compares matrices entry by entry, so a student layer must have as many channels as the
 teacher layer it is paired with. ``student_adapters=True`` (not in the paper) puts a 1×1 conv
@@ -26,19 +27,14 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from ..adapters import build_adapter
-from ..config import Strict
+from ..checks import check_fraction, check_temperature
+from ..config import Strict, merged_train
 from ..errors import ConfigError
 from ..losses import fsp_loss, fsp_matrix
-from ._staged import (
-    FeatureStage,
-    FeatureStageSpec,
-    check_kd_settings,
-    check_layer,
-    check_overrides,
-    merged_train,
-    zoo_sections,
-)
-from .base import Distiller, Output, Phase, StageContext
+from ..tasks import Batch, Task
+from ..teachers import Teacher
+from ._features import FeaturePhase, FeaturePhaseSpec, check_layer, check_overrides, zoo_sections
+from .base import DemoEntry, Distiller, Output, Phase, StageContext, as_batch
 from .kd import KD
 from .supervised import Supervised
 
@@ -76,8 +72,8 @@ def propose_fsp_pairs(teacher: nn.Module, student: nn.Module) -> list[FSPPair]:
     ]
 
 
-class FSP(FeatureStage):
-    r"""Stage 1 of FSP: the student matches the teacher's FSP matrices.
+class FSP(FeaturePhase):
+    r"""Phase 1 of FSP: the student matches the teacher's FSP matrices.
 
     .. math::
         \mathcal{L}_\text{fsp} = \sum_i \lambda_i \, \frac1N \sum_x
@@ -85,20 +81,22 @@ class FSP(FeatureStage):
 
     Part ``fsp``. Both forwards stop after their last paired layer; only the student
     parameters feeding the paired layers (and the adapters) train until :meth:`release` or
-    :meth:`second_stage`. ``Output.logits`` is an empty ``[N, 0]`` tensor.
+    :meth:`second_phase`. ``Output.logits`` is an empty ``[N, 0]`` tensor.
 
     Args:
-        teacher: any module; frozen, eval mode, run under ``torch.no_grad()``.
+        teacher: a :class:`~distill.teachers.Teacher` or any module; frozen, eval mode, run
+            under ``torch.no_grad()``.
         student: the module to train.
-        sample_inputs: a batch of inputs; one probe forward checks the pairs and sizes the
-            adapters.
+        sample_batch: a batch (a dict, or an input tensor for image classification); one
+            probe forward checks the pairs and sizes the adapters.
         pairs: :class:`FSPPair` objects (or dicts of their fields). Default (zoo models):
             :func:`propose_fsp_pairs`.
         student_adapters: add a 1×1 conv + BatchNorm on each student feature whose channel
             count differs from its teacher counterpart's (otherwise such a pair is an error).
-        finetune: stage 2 on ``"ce"`` (the paper) or ``"kd"``.
-        temperature: stage 2's KD temperature when ``finetune="kd"`` (4).
-        alpha: stage 2's KD weight when ``finetune="kd"`` (0.9).
+        finetune: phase 2 on ``"ce"`` (the paper) or ``"kd"``.
+        temperature: phase 2's KD temperature when ``finetune="kd"`` (4).
+        alpha: phase 2's KD weight when ``finetune="kd"`` (0.9).
+        task: how the models are called on a batch (default ``classification``).
 
     Raises:
         ConfigError: a layer name is unknown, a map is not ``[N, C, H, W]``, or channel
@@ -107,34 +105,37 @@ class FSP(FeatureStage):
 
     def __init__(
         self,
-        teacher: nn.Module,
+        teacher: nn.Module | Teacher,
         student: nn.Module,
-        sample_inputs: torch.Tensor,
+        sample_batch: Batch | torch.Tensor,
         *,
         pairs: Sequence[FSPPair | Mapping[str, Any]] | None = None,
         student_adapters: bool = False,
         finetune: Literal["ce", "kd"] = "ce",
         temperature: float = 4.0,
         alpha: float = 0.9,
+        task: str | Task = "classification",
     ) -> None:
         if finetune not in ("ce", "kd"):
             raise ValueError(f"finetune must be 'ce' or 'kd', got {finetune!r}")
-        check_kd_settings(temperature, alpha)
+        temperature, alpha = check_temperature(temperature), check_fraction(alpha)
+        module = teacher.module if isinstance(teacher, Teacher) else teacher
         if pairs is None:
-            pairs = propose_fsp_pairs(teacher, student)
+            pairs = propose_fsp_pairs(module, student)
         checked = [p if isinstance(p, FSPPair) else FSPPair.model_validate(p) for p in pairs]
         if not checked:
             raise ConfigError("FSP needs at least one layer pair")
         for index, pair in enumerate(checked):
             for side in (0, 1):
                 check_layer(student, pair.student[side], f"pairs.{index}.student.{side}")
-                check_layer(teacher, pair.teacher[side], f"pairs.{index}.teacher.{side}")
+                check_layer(module, pair.teacher[side], f"pairs.{index}.teacher.{side}")
         super().__init__(
             teacher,
             student,
-            sample_inputs,
+            sample_batch,
             [name for p in checked for name in p.student],
             [name for p in checked for name in p.teacher],
+            task=task,
         )
         self.pairs = checked
         self.finetune = finetune
@@ -182,9 +183,12 @@ class FSP(FeatureStage):
         key = f"{index}_{side}"
         return self.adapters[key](feature) if key in self.adapters else feature
 
-    def matrices(self, inputs: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """``(student matrices, teacher matrices)``, one ``[N, C1, C2]`` per pair."""
-        student, teacher = self.features(inputs)
+    def matrices(
+        self, batch: Batch | torch.Tensor
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """``(student matrices, teacher matrices)``, one ``[N, C1, C2]`` per pair, of a batch
+        (or of image inputs)."""
+        student, teacher = self.features(as_batch(batch))
         student_mats = [
             fsp_matrix(self._student_map(student, i, 0), self._student_map(student, i, 1))
             for i in range(len(self.pairs))
@@ -194,32 +198,39 @@ class FSP(FeatureStage):
         ]
         return student_mats, teacher_mats
 
-    def forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> Output:
-        student_mats, teacher_mats = self.matrices(inputs)
+    def forward(self, batch: Batch) -> Output:
+        student_mats, teacher_mats = self.matrices(batch)
         loss = fsp_loss(student_mats, teacher_mats, [p.weight for p in self.pairs])
-        return Output(loss=loss, parts={"fsp": loss.detach()}, logits=self.no_logits(inputs))
+        return Output(loss=loss, parts={"fsp": loss.detach()}, logits=self.no_logits(batch))
 
-    def second_stage(self) -> Distiller:
-        """Stage 2 on the whole student from its stage-1 weights (no adapters): cross-entropy,
+    def second_phase(self) -> Distiller:
+        """Phase 2 on the whole student from its phase-1 weights (no adapters): cross-entropy,
         or KD when ``finetune="kd"``."""
         self.release()
-        return second_stage(self.teacher, self.student, self.finetune, self.temperature, self.alpha)
+        return second_phase(
+            self.teacher, self.student, self.finetune, self.temperature, self.alpha, self.task
+        )
 
 
-def second_stage(
-    teacher: nn.Module, student: nn.Module, finetune: str, temperature: float, alpha: float
+def second_phase(
+    teacher: nn.Module | Teacher,
+    student: nn.Module,
+    finetune: str,
+    temperature: float,
+    alpha: float,
+    task: str | Task = "classification",
 ) -> Distiller:
-    """FSP's stage-2 Distiller: ``Supervised(student)`` for ``"ce"``, ``KD`` for ``"kd"``."""
+    """FSP's phase-2 Distiller: ``Supervised(student)`` for ``"ce"``, ``KD`` for ``"kd"``."""
     if finetune == "kd":
-        return KD(teacher, student, temperature, alpha)
-    return Supervised(student)
+        return KD(teacher, student, temperature, alpha, task=task)
+    return Supervised(student, task=task)
 
 
-class FSPStage(FeatureStageSpec):
+class FSPStage(FeaturePhaseSpec):
     """``{method: fsp, teacher, student, pairs: [...], fsp: {...}, finetune: ce}``.
 
-    Two phases: ``fsp`` (stage 1, the stage's settings with ``fsp`` merged over them), then
-    ``ce`` or ``kd`` (stage 2, the stage's own settings).
+    Two phases: ``fsp`` (phase 1, the stage's settings with ``fsp`` merged over them), then
+    ``ce`` or ``kd`` (phase 2, the stage's own settings).
     """
 
     method: Literal["fsp"] = "fsp"
@@ -230,33 +241,55 @@ class FSPStage(FeatureStageSpec):
 
     _fsp_fits = field_validator("fsp")(check_overrides)
 
-    def build_stage_one(self, ctx: StageContext) -> FSP:
+    # As in the paper: 3 epochs on the FSP matrices of the first two sections (16×16 and 16×32
+    # channels in both demo models), at a small learning rate (the loss sums C1·C2 squared
+    # entries), then cross-entropy for the usual epochs.
+    demo = DemoEntry(
+        student="student_fsp",
+        stage={
+            "method": "fsp",
+            "teacher": "teacher",
+            "student": "student_fsp",
+            "pairs": [
+                {"student": ["stem", "stages.0"], "teacher": ["stem", "stages.0"]},
+                {"student": ["stages.0", "stages.1"], "teacher": ["stages.0", "stages.1"]},
+            ],
+            "fsp": {"epochs": 3, "optimizer": {"lr": 2.0e-4}},
+            "finetune": "ce",
+        },
+    )
+
+    def build_phase_one(self, ctx: StageContext) -> FSP:
         return FSP(
-            ctx.models[self.teacher],
+            ctx.teacher(self.teacher),
             ctx.models[self.student],
-            ctx.sample_inputs,
+            ctx.sample_batch,
             pairs=self.pairs,
             student_adapters=self.student_adapters,
             finetune=self.finetune,
             temperature=self.temperature,
             alpha=self.alpha,
+            task=ctx.task,
         )
 
     def phases(self, ctx: StageContext) -> list[Phase]:
-        teacher, student = ctx.models[self.teacher], ctx.models[self.student]
-
         def build_finetune() -> Distiller:
-            return second_stage(teacher, student, self.finetune, self.temperature, self.alpha)
+            return second_phase(
+                ctx.teacher(self.teacher),
+                ctx.models[self.student],
+                self.finetune,
+                self.temperature,
+                self.alpha,
+                ctx.task,
+            )
 
         return [
             Phase(
                 name="fsp",
-                build=lambda: self.stage_one(ctx),
-                trains=[self.student],
-                train=merged_train(self.train, self.fsp),
+                build=lambda: self.phase_one(ctx),
+                models=[self.student],
+                config=merged_train(self.train, self.fsp),
                 after=FSP.release,
             ),
-            Phase(
-                name=self.finetune, build=build_finetune, trains=[self.student], train=self.train
-            ),
+            Phase(self.finetune, build_finetune, [self.student], self.train),
         ]

@@ -4,21 +4,21 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..cache import TeacherCache
+from ..checks import check_distinct_modules, check_fraction, check_temperature
 from ..losses import kd_loss
+from ..tasks import Batch, Task
+from ..teachers import Teacher, as_teacher
 from .base import (
+    DemoEntry,
     Distiller,
+    KDFields,
     Output,
     Phase,
     StageContext,
-    TeacherCacheFields,
+    TeacherFields,
     TeacherStudentSpec,
-    freeze,
-    logits_of,
 )
 
 
@@ -29,111 +29,76 @@ class KD(Distiller):
         \mathcal{L} = (1-\alpha)\,\mathrm{CE}(s, y)
                     + \alpha\,T^2\,\mathrm{KL}(\mathrm{softmax}(t/T)\,\|\,\mathrm{softmax}(s/T))
 
-    Parts: ``ce`` = (1−α)·CE and ``kd`` = α·kd_loss. The teacher is put in eval mode, frozen,
-    and run under ``torch.no_grad()``.
+    Parts: ``ce`` = (1−α)·CE and ``kd`` = α·T²·KL. Both terms are means over the positions
+    where the task applies losses (the batch for images; the labelled tokens for a causal LM).
 
     Args:
-        teacher: any module returning logits ``[N, C]`` (or an output with ``.logits``).
-        student: the module to train; same number of classes.
+        teacher: a :class:`~distill.teachers.Teacher`, or any trained module (wrapped in one:
+            eval mode, frozen, run under ``torch.no_grad()``).
+        student: the module to train; its logits must have the teacher's shape.
         temperature: ``T > 0`` (paper and CIFAR benchmarks: 4).
         alpha: weight of the soft term, in [0, 1] (CIFAR benchmarks: 0.9).
-        teacher_precision: ``fp32``, or ``bf16``/``fp16`` to run only the teacher under
-            autocast (its logits are cast back to float32).
-
-    With a :class:`~distill.cache.TeacherCache` attached (``method.cache = cache``) and
-    batches that carry their cache keys (``method(x, y, keys)``), the teacher runs only for
-    samples (views) it has not seen yet.
+        task: how the models are called on a batch (default ``classification``).
     """
-
-    teacher_names = ("teacher",)
 
     def __init__(
         self,
-        teacher: nn.Module,
+        teacher: nn.Module | Teacher,
         student: nn.Module,
         temperature: float = 4.0,
         alpha: float = 0.9,
         *,
-        teacher_precision: str = "fp32",
+        task: str | Task = "classification",
     ) -> None:
-        super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-        if teacher is student:
-            raise ValueError("the student cannot be its own teacher")
-        self.teacher = freeze(teacher)
+        super().__init__(task)
+        self.temperature = check_temperature(temperature)
+        self.alpha = check_fraction(alpha)
+        self.teacher = as_teacher(teacher, self.task)
+        check_distinct_modules([self.teacher.module, student], "KD")
         self.student = student.requires_grad_(True)
-        self.temperature = temperature
-        self.alpha = alpha
-        self.cache: TeacherCache | None = None
-        self.teacher_precision = teacher_precision
-        self.teacher_calls = 0
 
-    def _run_teacher(self, inputs: torch.Tensor) -> torch.Tensor:
-        self.teacher_calls += 1
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.teacher_precision)
-        with torch.no_grad():
-            if dtype is None:
-                return logits_of(self.teacher(inputs)).float()
-            with torch.autocast(device_type=inputs.device.type, dtype=dtype):
-                return logits_of(self.teacher(inputs)).float()
-
-    def teacher_logits(
-        self, inputs: torch.Tensor, keys: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """The teacher's logits, computed without building a graph (or read from the attached
-        :class:`~distill.cache.TeacherCache` when the batch's ``keys`` are given)."""
-        if self.cache is not None and keys is not None:
-            return self.cache.teacher_logits(keys, inputs, self._run_teacher)
-        return self._run_teacher(inputs)
-
-    def epoch_end(self) -> None:
-        if self.cache is not None:
-            self.cache.flush()
-
-    def forward(
-        self, inputs: torch.Tensor, targets: torch.Tensor, keys: torch.Tensor | None = None
-    ) -> Output:
-        teacher_logits = self.teacher_logits(inputs, keys)
-        logits = logits_of(self.student(inputs))
+    def forward(self, batch: Batch) -> Output:
+        teacher_logits = self.teacher(batch)
+        logits = self.task.logits(self.student, batch)
         if logits.shape != teacher_logits.shape:
             raise ValueError(
                 "teacher and student outputs differ in shape: teacher "
                 f"{tuple(teacher_logits.shape)}, student {tuple(logits.shape)}; both must "
                 "predict the same classes"
             )
-        ce = F.cross_entropy(logits.float(), targets)
-        soft = kd_loss(logits, teacher_logits, self.temperature)
+        ce = self.task.supervised_loss(logits, batch)
+        soft = kd_loss(logits, teacher_logits, self.temperature, mask=self.task.positions(batch))
         parts = {"ce": (1 - self.alpha) * ce, "kd": self.alpha * soft}
         loss = parts["ce"] + parts["kd"]
         return Output(loss=loss, parts={k: v.detach() for k, v in parts.items()}, logits=logits)
 
 
-class KDStage(TeacherStudentSpec, TeacherCacheFields):
+class KDStage(TeacherStudentSpec, KDFields, TeacherFields):
     """``{method: kd, teacher: NAME, student: NAME, temperature: 4.0, alpha: 0.9}``, plus the
-    teacher-cache fields of :class:`~distill.methods.base.TeacherCacheFields`
-    (``cache: teacher``...)."""
+    teacher fields of :class:`~distill.methods.base.TeacherFields` (``cache: teacher``...)."""
 
     method: Literal["kd"] = "kd"
 
-    def phases(self, ctx: StageContext) -> list[Phase]:
-        def build() -> KD:
-            return KD(
-                ctx.models[self.teacher],
-                ctx.models[self.student],
-                self.temperature,
-                self.alpha,
-                teacher_precision=self.teacher_precision,
-            )
+    demo = DemoEntry(
+        student="student_kd",
+        stage={
+            "method": "kd",
+            "teacher": "teacher",
+            "student": "student_kd",
+            "temperature": 4.0,
+            "alpha": 0.9,
+        },
+    )
 
-        return [
-            Phase(
-                name="kd",
-                build=build,
-                trains=[self.student],
-                train=self.train,
-                cache=self.cache_settings(),
-            )
-        ]
+    def build(self, ctx: StageContext) -> KD:
+        """The KD Distiller on ``ctx``'s models."""
+        return KD(
+            ctx.teacher(self.teacher, self, self.temperature),
+            ctx.models[self.student],
+            self.temperature,
+            self.alpha,
+            task=ctx.task,
+        )
+
+    def phases(self, ctx: StageContext) -> list[Phase]:
+        return [Phase("kd", lambda: self.build(ctx), [self.student], self.train)]

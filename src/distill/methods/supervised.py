@@ -4,28 +4,27 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from .base import Distiller, Output, Phase, StageContext, StageSpec, logits_of
+from ..tasks import Batch, Task
+from .base import Distiller, Output, Phase, StageContext, StageSpec
 
 
 class Supervised(Distiller):
-    """Cross-entropy on the labels: ``loss = CE(model(x), y)``, part ``ce``.
+    """The task's own loss on the labels: ``loss = CE(model(x), y)``, part ``ce`` (a token
+    mean for a causal LM). ``label_smoothing`` is PyTorch's (0 disables it)."""
 
-    ``label_smoothing`` is PyTorch's (0 disables it).
-    """
-
-    def __init__(self, model: nn.Module, label_smoothing: float = 0.0) -> None:
-        super().__init__()
+    def __init__(
+        self, model: nn.Module, label_smoothing: float = 0.0, *, task: str | Task = "classification"
+    ) -> None:
+        super().__init__(task)
         self.student = model.requires_grad_(True)
         self.label_smoothing = label_smoothing
 
-    def forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> Output:
-        logits = logits_of(self.student(inputs))
-        ce = F.cross_entropy(logits.float(), targets, label_smoothing=self.label_smoothing)
+    def forward(self, batch: Batch) -> Output:
+        logits = self.task.logits(self.student, batch)
+        ce = self.task.supervised_loss(logits, batch, self.label_smoothing)
         return Output(loss=ce, parts={"ce": ce.detach()}, logits=logits)
 
 
@@ -39,13 +38,16 @@ class TrainStage(StageSpec):
     def produces(self) -> list[str]:
         return [self.model]
 
+    def references(self) -> list[tuple[str, str]]:
+        return [("model", self.model)]
+
     def phases(self, ctx: StageContext) -> list[Phase]:
         model = ctx.models[self.model]
         return [
             Phase(
                 name="train",
-                build=lambda: Supervised(model, self.label_smoothing),
-                trains=[self.model],
-                train=self.train,
+                build=lambda: Supervised(model, self.label_smoothing, task=ctx.task),
+                models=[self.model],
+                config=self.train,
             )
         ]

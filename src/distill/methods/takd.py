@@ -10,17 +10,26 @@ stopped.
 from __future__ import annotations
 
 import itertools
-import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal, TypeVar
 
 import torch
-from pydantic import Field, PrivateAttr, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, PrivateAttr, ValidationInfo, field_validator
 from torch import nn
 
-from ..config import TrainConfig, deep_merge
+from ..checks import (
+    check_distinct_modules,
+    check_fraction,
+    check_temperature,
+    fraction_problem,
+    positive_problem,
+)
+from ..config import TrainConfig, merged_train
 from ..errors import ConfigError
-from .base import Phase, StageContext, StageSpec, TeacherCacheFields, logits_of
+from ..models.zoo import family
+from ..report import ALONE_NOTE, alone_cells, baselines, metric_cells
+from ..tasks import Task
+from .base import DemoEntry, Phase, StageContext, StageSpec, TeacherFields
 from .kd import KD
 
 R = TypeVar("R")
@@ -34,8 +43,8 @@ def check_distinct(names: list[str], where: str) -> list[str]:
     return names
 
 
-def check_same_classes(ctx: StageContext, where: str, names: Sequence[str]) -> None:
-    """Raise :class:`ConfigError` unless the named models' outputs on ``ctx.sample_inputs`` have
+def check_same_outputs(ctx: StageContext, where: str, names: Sequence[str]) -> None:
+    """Raise :class:`ConfigError` unless the named models' logits on ``ctx.sample_batch`` have
     one shape (they must predict the same classes to teach each other).
 
     Run before any stage trains, so a mismatch in a late link is not found after hours of
@@ -48,7 +57,7 @@ def check_same_classes(ctx: StageContext, where: str, names: Sequence[str]) -> N
         model.eval()
         try:
             with torch.no_grad():
-                shapes[name] = tuple(logits_of(model(ctx.sample_inputs)).shape)
+                shapes[name] = tuple(ctx.task.logits(model, ctx.sample_batch).shape)
         finally:
             model.train(was_training)
     if len(set(shapes.values())) > 1:
@@ -66,14 +75,18 @@ def _count_message(links: int, given: int) -> str:
     )
 
 
-def _per_link(name: str, value: float | Sequence[float], links: int) -> list[float]:
-    """``value`` repeated for every link, or the list given (which must have one per link)."""
+def per_link(
+    name: str, value: float | Sequence[float], links: int, check: Callable[[float, str], float]
+) -> list[float]:
+    """``value`` repeated for every link, or the list given (which must have one per link),
+    each value passed through ``check``."""
     if isinstance(value, (int, float)):
-        return [float(value)] * links
-    values = [float(v) for v in value]
-    if len(values) != links:
-        raise ValueError(f"{name}: {_count_message(links, len(values))}")
-    return values
+        values = [value] * links
+    else:
+        values = list(value)
+        if len(values) != links:
+            raise ConfigError(f"{name}: {_count_message(links, len(values))}")
+    return [check(v, name) for v in values]
 
 
 class TAKD:
@@ -101,6 +114,7 @@ class TAKD:
             trained already.
         temperature: ``T > 0``, one for every link or a list of one per link.
         alpha: weight of the soft term in [0, 1], one or a list of one per link.
+        task: how the models are called on a batch (default ``classification``).
     """
 
     def __init__(
@@ -108,21 +122,17 @@ class TAKD:
         chain: Sequence[nn.Module],
         temperature: float | Sequence[float] = 4.0,
         alpha: float | Sequence[float] = 0.9,
+        *,
+        task: str | Task = "classification",
     ) -> None:
         chain = list(chain)
         if len(chain) < 2:
-            raise ValueError(f"a TAKD chain needs at least 2 models, got {len(chain)}")
-        if len({id(m) for m in chain}) != len(chain):
-            raise ValueError("a TAKD chain cannot hold the same module twice")
+            raise ConfigError(f"a TAKD chain needs at least 2 models, got {len(chain)}")
+        check_distinct_modules(chain, "a TAKD chain")
         self.chain = chain
-        self.temperatures = _per_link("temperature", temperature, len(chain) - 1)
-        self.alphas = _per_link("alpha", alpha, len(chain) - 1)
-        for t in self.temperatures:
-            if t <= 0:
-                raise ValueError(f"temperature must be > 0, got {t}")
-        for a in self.alphas:
-            if not 0.0 <= a <= 1.0:
-                raise ValueError(f"alpha must be in [0, 1], got {a}")
+        self.temperatures = per_link("temperature", temperature, len(chain) - 1, check_temperature)
+        self.alphas = per_link("alpha", alpha, len(chain) - 1, check_fraction)
+        self.task = task
 
     def __len__(self) -> int:
         """The number of links (models in the chain minus one)."""
@@ -145,6 +155,7 @@ class TAKD:
             self.chain[index + 1],
             self.temperatures[index],
             self.alphas[index],
+            task=self.task,
         )
 
     def links(self, start: int = 0) -> Iterator[KD]:
@@ -162,15 +173,14 @@ class TAKD:
         return [fit(kd) for kd in self.links(start)]
 
 
-class TAKDStage(StageSpec, TeacherCacheFields):
+class TAKDStage(StageSpec, TeacherFields):
     """``{method: takd, chain: [teacher, assistant, ..., student], temperature, alpha}``.
 
     - ``temperature`` / ``alpha``: one value for every link, or a list of one per link.
     - ``link_train``: optional list of one mapping per link overriding the stage's training
       settings for that link (``[{epochs: 20}, {}]``); ``{}`` or ``null`` keeps them.
-
-    - the teacher-cache fields of :class:`~distill.methods.base.TeacherCacheFields`
-      (``cache: teacher``...) apply to every link, each with its own cache.
+    - the teacher fields of :class:`~distill.methods.base.TeacherFields` (``cache: teacher``...)
+      apply to every link, each with its own cache.
 
     One phase per link, named ``link1``, ``link2``, ... A link whose student is already trained
     when the stage starts (by an earlier stage, or loaded from ``models.NAME.checkpoint``) is
@@ -186,6 +196,19 @@ class TAKDStage(StageSpec, TeacherCacheFields):
 
     _skipped: set[str] = PrivateAttr(default_factory=set)
 
+    # The student learns from an assistant (cnn-4, between resnet20 and cnn-2 in size, as
+    # assistant_ladder("resnet20", "cnn-2") picks) that learnt from the teacher.
+    demo = DemoEntry(
+        student="student_takd",
+        stage={
+            "method": "takd",
+            "chain": ["teacher", "assistant", "student_takd"],
+            "temperature": 4.0,
+            "alpha": 0.9,
+        },
+        models={"assistant": "cnn-4"},
+    )
+
     @field_validator("chain")
     @classmethod
     def _distinct_models(cls, chain: list[str]) -> list[str]:
@@ -199,18 +222,12 @@ class TAKDStage(StageSpec, TeacherCacheFields):
     @field_validator("temperature")
     @classmethod
     def _temperatures(cls, value: float | list[float], info: ValidationInfo) -> Any:
-        for t in [value] if isinstance(value, (int, float)) else value:
-            if t <= 0:
-                raise ValueError(f"each temperature must be greater than 0 (found {t})")
-        return _check_per_link(value, info)
+        return _check_each(value, positive_problem, "temperature", info)
 
     @field_validator("alpha")
     @classmethod
     def _alphas(cls, value: float | list[float], info: ValidationInfo) -> Any:
-        for a in [value] if isinstance(value, (int, float)) else value:
-            if not 0 <= a <= 1:
-                raise ValueError(f"each alpha must be between 0 and 1 (found {a})")
-        return _check_per_link(value, info)
+        return _check_each(value, fraction_problem, "alpha", info)
 
     @field_validator("link_train")
     @classmethod
@@ -227,7 +244,7 @@ class TAKDStage(StageSpec, TeacherCacheFields):
             )
         if train is not None:
             for index, override in enumerate(value):
-                _merged_train(train, override, index)
+                _link_config(train, override, index)
         return value
 
     def links(self) -> list[tuple[str, str]]:
@@ -237,7 +254,7 @@ class TAKDStage(StageSpec, TeacherCacheFields):
     def link_configs(self) -> list[TrainConfig]:
         """The training settings of every link (the stage's, with ``link_train`` merged)."""
         overrides = self.link_train or [None] * len(self.links())
-        return [_merged_train(self.train, o, i) for i, o in enumerate(overrides)]
+        return [_link_config(self.train, o, i) for i, o in enumerate(overrides)]
 
     def produces(self) -> list[str]:
         return [name for name in self.chain[1:] if name not in self._skipped]
@@ -245,45 +262,44 @@ class TAKDStage(StageSpec, TeacherCacheFields):
     def uses(self) -> list[str]:
         return [self.chain[0]]
 
+    def references(self) -> list[tuple[str, str]]:
+        return [(f"chain.{i}", name) for i, name in enumerate(self.chain)]
+
     def stage_name(self) -> str:
         return self.name or self.chain[-1]
 
     def phases(self, ctx: StageContext) -> list[Phase]:
         self._skipped = {name for name in self.chain[1:] if name in ctx.trained}
-        takd = TAKD(
-            [ctx.models[name] for name in self.chain],
-            temperature=self.temperature,
-            alpha=self.alpha,
-        )
-        phases = []
-        for index, ((_, student), config) in enumerate(
-            zip(self.links(), self.link_configs(), strict=True)
-        ):
-            if student in self._skipped:
-                continue
-            phases.append(
-                Phase(
-                    name=f"link{index + 1}",
-                    build=lambda index=index: self._link(takd, index),
-                    trains=[student],
-                    train=config,
-                    cache=self.cache_settings(),
-                )
-            )
-        return phases
+        links = len(self.links())
+        temperatures = per_link("temperature", self.temperature, links, check_temperature)
+        alphas = per_link("alpha", self.alpha, links, check_fraction)
 
-    def _link(self, takd: TAKD, index: int) -> KD:
-        kd = takd.link(index)
-        kd.teacher_precision = self.teacher_precision
-        return kd
+        def build(index: int) -> KD:
+            teacher, student = self.links()[index]
+            return KD(
+                ctx.teacher(teacher, self, temperatures[index]),
+                ctx.models[student],
+                temperatures[index],
+                alphas[index],
+                task=ctx.task,
+            )
+
+        return [
+            Phase(f"link{index + 1}", lambda index=index: build(index), [student], config)
+            for index, ((_, student), config) in enumerate(
+                zip(self.links(), self.link_configs(), strict=True)
+            )
+            if student not in self._skipped
+        ]
 
     def check(self, ctx: StageContext) -> None:
-        check_same_classes(ctx, f"stage {self.stage_name()!r} (takd): chain", self.chain)
+        check_same_outputs(ctx, f"stage {self.stage_name()!r} (takd): chain", self.chain)
 
     def summary_fields(self) -> dict[str, Any]:
         fields = super().summary_fields()
-        temperatures = _per_link("temperature", self.temperature, len(self.links()))
-        alphas = _per_link("alpha", self.alpha, len(self.links()))
+        links = len(self.links())
+        temperatures = per_link("temperature", self.temperature, links, check_temperature)
+        alphas = per_link("alpha", self.alpha, links, check_fraction)
         configs = self.link_configs()
         fields["links"] = [
             {
@@ -299,9 +315,23 @@ class TAKDStage(StageSpec, TeacherCacheFields):
         ]
         return fields
 
+    @classmethod
+    def report_section(cls, summary: dict[str, Any], stages: list[dict[str, Any]]) -> list[str]:
+        return _takd_section(summary, stages)
 
-def _check_per_link(value: float | list[float], info: ValidationInfo) -> float | list[float]:
-    """A list must hold one value per link of the chain (validated before this field)."""
+
+def _check_each(
+    value: float | list[float],
+    problem_of: Callable[[Any], str | None],
+    name: str,
+    info: ValidationInfo,
+) -> float | list[float]:
+    """Each value must pass ``problem_of``, and a list must hold one value per link of the
+    chain (validated before this field)."""
+    for v in [value] if isinstance(value, (int, float)) else value:
+        problem = problem_of(v)
+        if problem is not None:
+            raise ValueError(f"each {name} {problem} (found {v})")
     chain = info.data.get("chain")
     if chain is not None and isinstance(value, list) and len(value) != len(chain) - 1:
         raise ValueError(_count_message(len(chain) - 1, len(value)))
@@ -320,56 +350,15 @@ def _number_or_numbers(value: Any) -> Any:
     raise ValueError("must be a number or a non-empty list of numbers (one per link)")
 
 
-def _merged_train(train: TrainConfig, override: dict[str, Any] | None, index: int) -> TrainConfig:
+def _link_config(train: TrainConfig, override: dict[str, Any] | None, index: int) -> TrainConfig:
     """``train`` with one link's overrides merged in (nested mappings merge key by key)."""
-    if not override:
-        return train
-
     try:
-        return TrainConfig.model_validate(deep_merge(train.model_dump(), override))
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'value'}: "
-            + (
-                "unknown key"
-                if err["type"] == "extra_forbidden"
-                else err["msg"].replace("Input should be", "must be").replace("Value error, ", "")
-            )
-            for err in exc.errors()
-        )
-        raise ValueError(f"entry {index} (link {index + 1}): {problems}") from None
+        return merged_train(train, override)
+    except ValueError as exc:
+        raise ValueError(f"entry {index} (link {index + 1}): {exc}") from None
 
 
 # --- choosing assistants ---------------------------------------------------------------------
-
-_FAMILIES: dict[str, re.Pattern[str]] = {
-    "cnn": re.compile(r"cnn-\d+"),
-    "resnet": re.compile(r"resnet\d+"),
-    "resnet-x4": re.compile(r"resnet\d+x4"),
-    "wrn": re.compile(r"wrn-(\d+)-(\d+)"),
-}
-
-
-def _family_members(teacher: str, student: str) -> list[str]:
-    """Zoo architectures of the student's family (the assistants' candidates)."""
-    from ..models import MODELS
-    from ..models.wrn import parse_wrn
-
-    for family, pattern in _FAMILIES.items():
-        if not pattern.fullmatch(student):
-            continue
-        if family != "wrn":
-            return [name for name in MODELS if pattern.fullmatch(name)]
-        sizes = [parse_wrn(name) for name in (teacher, student) if parse_wrn(name)]
-        max_depth = max([40, *(d for d, _ in sizes)])
-        max_width = max([2, *(k for _, k in sizes)])
-        return [
-            f"wrn-{depth}-{width}"
-            for depth in range(10, max_depth + 1, 6)
-            for width in range(1, max_width + 1)
-        ]
-    return [student]
-
 
 def _parameters(arch: str, num_classes: int, in_channels: int) -> int:
     from ..models import count_parameters, create
@@ -420,7 +409,7 @@ def assistant_ladder(
         )
     sizes = {
         name: _parameters(name, num_classes, in_channels)
-        for name in _family_members(teacher, student)
+        for name in family(student, larger=teacher)
     }
     candidates = sorted(
         (name for name, size in sizes.items() if small < size < big and name != teacher),
@@ -442,3 +431,50 @@ def assistant_ladder(
         )
         chosen.append(nearest)
     return [teacher, *sorted(chosen, key=lambda name: -sizes[name]), student]
+
+
+# --- report.md section ------------------------------------------------------------------------
+
+
+def _takd_section(summary: dict[str, Any], stages: list[dict[str, Any]]) -> list[str]:
+    has_test = "test" in summary["data"]
+    alone = baselines(summary)
+    split = ["val", "test"] if has_test else ["val"]
+    header = ["link", "teacher → model", "arch", "T", "α"]
+    header += [f"after distillation ({s})" for s in split] + [f"alone ({s})" for s in split]
+    header += [f"KD from the chain's teacher ({s})" for s in split]
+    lines = ["", "## Teacher-assistant chains (TAKD)"]
+    for stage in stages:
+        chain = stage.get("chain", [])
+        lines += ["", f"Stage `{stage['name']}`: {' → '.join(chain)}", ""]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        start = chain[0] if chain else None
+        direct = baselines(summary, "kd", teacher=start) if start else {}
+        if start is not None:
+            arch = summary["models"].get(start, {}).get("arch", "")
+            row = ["start", start, arch, "—", "—"]
+            row += metric_cells(summary, start, has_test)
+            row += alone_cells(summary, start, alone, has_test)
+            row += ["—"] * len(split)
+            lines.append("| " + " | ".join(row) + " |")
+        for link in stage.get("links", []):
+            student = link["student"]
+            arch = summary["models"].get(student, {}).get("arch", "")
+            note = " (already trained: kept)" if link.get("skipped") else ""
+            row = [
+                link["phase"],
+                f"{link['teacher']} → {student}{note}",
+                arch,
+                f"{link['temperature']:g}",
+                f"{link['alpha']:g}",
+            ]
+            row += metric_cells(summary, student, has_test, stage)
+            row += alone_cells(summary, student, alone, has_test)
+            row += alone_cells(summary, student, direct, has_test)
+            lines.append("| " + " | ".join(row) + " |")
+    note = (
+        "*KD from the chain's teacher*: a model of the same architecture distilled directly "
+        "from the chain's first model by a `kd` stage of this recipe, to see whether the "
+        "assistants helped."
+    )
+    return [*lines, "", ALONE_NOTE, "", note]

@@ -1,147 +1,95 @@
-"""A small model zoo and the registry of architectures by name.
+"""Models by name: one registry of *sources*, chosen by the prefix of the name.
 
 ```python
 from distill.models import create
-model = create("resnet20", num_classes=10, in_channels=1)  # [N, 1, H, W] -> [N, 10]
+model = create("resnet20", num_classes=10, in_channels=1)   # our zoo: a bare name
 ```
 
-Names: ``cnn-2`` ... ``cnn-10`` (TAKD plain CNNs), ``resnet8`` ... ``resnet110``,
-``resnet8x4``, ``resnet32x4`` (CIFAR ResNets) and ``wrn-D-K`` (wide ResNets, parsed from the
-name). Every zoo model has children ``stem``, ``stages`` (``stages.0``, ``stages.1``, ...) and
-``head`` (ending in ``head.fc``), and accepts any input of at least 8×8 pixels.
+``create(arch, **options)`` splits ``arch`` at its first ``:``: a registered prefix picks the
+source (``hf:``, ``timm:``, ``torchvision:`` when available) and the rest is the name within
+it; a name without a prefix is a zoo architecture (:mod:`distill.models.zoo`). A source is one
+function ``source(name, **options) -> nn.Module``; add one with :func:`register_source`.
 """
 
 from __future__ import annotations
 
-import difflib
-import os
-import re
+import inspect
 from collections.abc import Callable
-from functools import partial
 
 from torch import nn
 
-from distill.errors import ConfigError, closest, did_you_mean
-from distill.models.cnn import CNN_SECTIONS, PlainCNN
-from distill.models.resnet import RESNETS, CifarResNet
-from distill.models.wrn import WRN_HELP, WideResNet, check_wrn, parse_wrn
+from distill.errors import ConfigError
+from distill.models.cnn import PlainCNN
+from distill.models.resnet import CifarResNet
+from distill.models.saving import load_model_weights, save_model
+from distill.models.wrn import WideResNet
+from distill.models.zoo import MODELS, available, create_zoo, family, register
 
 __all__ = [
     "MODELS",
+    "SOURCES",
     "CifarResNet",
-    "ModelFactory",
     "PlainCNN",
+    "Source",
     "WideResNet",
     "available",
     "count_parameters",
     "create",
+    "family",
+    "load_model_weights",
     "register",
+    "register_source",
+    "save_model",
 ]
 
-ModelFactory = Callable[[int, int], nn.Module]
-"""``factory(num_classes, in_channels) -> nn.Module``."""
+Source = Callable[..., nn.Module]
+"""``source(name, **options) -> nn.Module``: builds the model ``name`` of one source."""
 
-MODELS: dict[str, ModelFactory] = {}
-"""Architecture name -> factory. ``wrn-D-K`` names are parsed in :func:`create` instead."""
-
-for _depth, _sections in CNN_SECTIONS.items():
-    MODELS[f"cnn-{_depth}"] = partial(PlainCNN, sections=_sections)
-for _name, (_depth, _stem, _widths) in RESNETS.items():
-    MODELS[_name] = partial(CifarResNet, depth=_depth, stem_width=_stem, widths=_widths)
+SOURCES: dict[str, Source] = {"": create_zoo}
+"""Prefix -> source. The empty prefix is our zoo (names without a ``prefix:``)."""
 
 
-def register(name: str) -> Callable[[ModelFactory], ModelFactory]:
-    """Decorator adding ``factory(num_classes, in_channels) -> nn.Module`` to :data:`MODELS`.
+def register_source(prefix: str) -> Callable[[Source], Source]:
+    """Decorator adding a source under ``prefix`` (used as ``arch: PREFIX:NAME``)."""
+    if not prefix or not prefix.isidentifier():
+        raise ConfigError(f"a source prefix must be a word such as 'timm', got {prefix!r}")
 
-    ```python
-    @register("my-net")
-    def my_net(num_classes: int, in_channels: int) -> nn.Module: ...
-    ```
-    """
-    if not isinstance(name, str) or not name.strip():
-        raise ConfigError(f"a model name must be a non-empty string, got {name!r}")
-
-    def decorator(factory: ModelFactory) -> ModelFactory:
-        if name in MODELS:
-            raise ConfigError(f"model architecture {name!r} is already registered")
-        MODELS[name] = factory
-        return factory
+    def decorator(source: Source) -> Source:
+        if prefix in SOURCES:
+            raise ConfigError(f"model source {prefix!r} is already registered")
+        SOURCES[prefix] = source
+        return source
 
     return decorator
 
 
-def _natural_key(name: str) -> list[str | int]:
-    # So that cnn-10 sorts after cnn-8 and resnet110 after resnet56.
-    parts = re.split(r"(\d+)", name)
-    return [int(part) if part.isdigit() else part for part in parts]
+def create(arch: str, **options: object) -> nn.Module:
+    """Build the model ``arch`` (``"resnet20"``, ``"hf:PATH"``, ...) with its source's
+    ``options`` (for the zoo: ``num_classes``, ``in_channels``).
 
+    The result carries ``model.arch = arch`` (checkpoints store it).
 
-def available() -> list[str]:
-    """Sorted architecture names, plus the ``wrn-D-K`` pattern described in words."""
-    return sorted([*MODELS, WRN_HELP], key=_natural_key)
-
-
-def _check_positive_int(field: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{field} must be an integer >= {minimum}, got {value!r}")
-
-
-def _suggestion(name: str) -> str:
-    """A "did you mean" hint; ties go to the name sharing the longest prefix.
-
-    difflib alone scores resnet20 and resnet32 equally for "resnet21" and then prefers the
-    alphabetically later one, whereas a typo usually keeps the start of a name.
+    Raises:
+        ConfigError: an unknown prefix or architecture, or options the source rejects.
     """
-    typed = name.lower()
-    candidates = closest(typed, [*MODELS, "wrn-16-2", "wrn-40-2"], n=5)
-    if not candidates:
-        return ""
-    ratio = partial(difflib.SequenceMatcher, None, typed)
-    best = max(
-        candidates,
-        key=lambda c: (ratio(c).ratio(), len(os.path.commonprefix([typed, c]))),
-    )
-    return did_you_mean(typed, [best])
-
-
-def create(name: str, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
-    """Build the architecture ``name``: ``[N, in_channels, H, W]`` -> logits ``[N, num_classes]``.
-
-    The result carries ``model.arch = name`` (checkpoints store it). Weights depend only on
-    torch's RNG, so ``torch.manual_seed`` beforehand makes them reproducible. Unknown names,
-    a bad ``wrn`` depth, ``num_classes < 2`` or ``in_channels < 1`` raise :class:`ConfigError`.
-    """
-    _check_positive_int("num_classes", num_classes, 2)
-    _check_positive_int("in_channels", in_channels, 1)
-    if not isinstance(name, str):
-        raise ConfigError(f"a model architecture name must be a string, got {name!r}")
-    model: nn.Module
-    if name in MODELS:
-        model = MODELS[name](num_classes, in_channels)
-    elif (parsed := parse_wrn(name)) is not None:
-        depth, widen_factor = parsed
-        try:
-            check_wrn(depth, widen_factor)
-        except ConfigError as error:
-            raise ConfigError(f"model architecture {name!r}: {error}") from None
-        model = WideResNet(num_classes, in_channels, depth=depth, widen_factor=widen_factor)
-    elif name.lower().startswith("wrn"):
+    if not isinstance(arch, str):
+        raise ConfigError(f"a model architecture name must be a string, got {arch!r}")
+    prefix, sep, name = arch.partition(":")
+    if not sep:
+        prefix, name = "", arch
+    elif prefix not in SOURCES:
+        known = ", ".join(f"{p}:" for p in SOURCES if p) or "none"
         raise ConfigError(
-            f"unknown model architecture {name!r}: wide resnets are named wrn-D-K with depth D "
-            f"= 6n+4 and widen factor K >= 1 (e.g. wrn-16-2, wrn-40-2)"
+            f"unknown model source {prefix + ':'!r} in {arch!r}; registered sources: {known} "
+            "(a name without a prefix is a zoo architecture)"
         )
-    elif re.fullmatch(r"cnn-\d+", name):
-        depths = ", ".join(str(depth) for depth in CNN_SECTIONS)
-        raise ConfigError(
-            f"unknown model architecture {name!r}: plain CNNs are cnn-N with N (the number of "
-            f"conv layers) one of {depths}"
-        )
-    else:
-        hint = _suggestion(name)
-        raise ConfigError(
-            f"unknown model architecture {name!r}{hint}; available: {', '.join(available())}"
-        )
-    model.arch = name
+    source = SOURCES[prefix]
+    try:
+        inspect.signature(source).bind(name, **options)
+    except TypeError as exc:
+        raise ConfigError(f"model {arch!r}: {exc}") from None
+    model = source(name, **options)
+    model.arch = arch
     return model
 
 

@@ -29,8 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from distill.checkpoint import _fsync_dir
 from distill.errors import ConfigError, did_you_mean
+from distill.files import fsync_dir
 from distill.taps import unwrap
 
 __all__ = ["DTYPES", "OPTIONS", "TASKS", "create_hf", "save_hf", "unwrap_model"]
@@ -334,7 +334,7 @@ def save_hf(model: nn.Module, directory: str | os.PathLike[str], tokenizer: Any 
     if not callable(getattr(inner, "save_pretrained", None)):
         raise ValueError(
             f"save_hf saves transformers models (with save_pretrained), got "
-            f"{type(inner).__name__}; use distill.checkpoint.save_model for other models"
+            f"{type(inner).__name__}; use distill.models.save_model for other models"
         )
     target = Path(directory).expanduser()
     if target.exists() and not target.is_dir():
@@ -359,7 +359,7 @@ def save_hf(model: nn.Module, directory: str | os.PathLike[str], tokenizer: Any 
             old = parent / f".{target.name}.{uuid.uuid4().hex[:8]}.old"
             os.rename(target, old)
         os.rename(staging, target)
-        _fsync_dir(parent)
+        fsync_dir(parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         if old is not None and old.exists() and not target.exists():
@@ -378,4 +378,4 @@ def _fsync_tree(folder: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _fsync_dir(Path(root))
+        fsync_dir(Path(root))

@@ -1,0 +1,93 @@
+"""Causal language modelling: every token predicts the next one.
+
+Batch: ``{"input_ids": [N, L], "attention_mask": [N, L], "labels": [N, L], "index": [N]}``,
+``labels`` being the input ids with −100 where no loss applies (padding, or the prompt when
+training on completions only). The model is called as ``model(input_ids=...,
+attention_mask=...)``. The causal shift is done here, once: logits ``[N, L−1, V]`` at
+positions ``0..L−2`` predict ``labels[:, 1:]``; positions whose target is −100 are left out of
+every loss and metric.
+
+Losses and metrics are means over *tokens*, not over sequences or batches: a step's mean is
+taken over every labelled token of the step (the training loop weights each micro-batch by its
+token count, across gradient-accumulation micro-batches and processes), and a split's metrics
+over every labelled token of the split: ``loss`` (nats per token), ``perplexity`` =
+exp(``loss``) and ``token_accuracy`` (greedy next-token accuracy).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Batch, Metric, Task, logits_of
+
+IGNORE_INDEX = -100
+"""The label of positions where no loss applies (PyTorch's and Hugging Face's convention)."""
+
+
+class CausalLM(Task):
+    """Logits ``[N, L−1, V]`` after the shift, targets ``labels[:, 1:]``."""
+
+    name = "causal_lm"
+    metrics_info = (
+        Metric("loss", "loss", higher_is_better=False),
+        Metric("perplexity", "ppl", higher_is_better=False),
+        Metric("token_accuracy", "tok acc", percent=True),
+    )
+    summary_metrics = ("loss", "perplexity", "token_accuracy")
+    unit = "tokens"
+
+    def inputs(self, batch: Batch) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        kwargs = {"input_ids": batch["input_ids"]}
+        if "attention_mask" in batch:
+            kwargs["attention_mask"] = batch["attention_mask"]
+        return (), kwargs
+
+    def logits(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        return logits_of(self.forward(model, batch))[:, :-1, :]
+
+    def targets(self, batch: Batch) -> torch.Tensor:
+        return batch["labels"][:, 1:]
+
+    def positions(self, batch: Batch) -> torch.Tensor:
+        return self.targets(batch) != IGNORE_INDEX
+
+    def supervised_loss(
+        self, logits: torch.Tensor, batch: Batch, label_smoothing: float = 0.0
+    ) -> torch.Tensor:
+        targets = self.targets(batch)
+        total = F.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]),
+            targets.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+            reduction="sum",
+            label_smoothing=label_smoothing,
+        )
+        return total / (targets != IGNORE_INDEX).sum().clamp_min(1)
+
+    def metrics(self, logits: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
+        targets = self.targets(batch)
+        mask = targets != IGNORE_INDEX
+        nll = F.cross_entropy(
+            logits.float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
+        )
+        hits = (logits.argmax(dim=-1) == targets) & mask
+        return {
+            "loss": nll.double().sum(dim=-1),
+            "correct": hits.double().sum(dim=-1),
+            "count": mask.double().sum(dim=-1),
+        }
+
+    def reduce(self, sums: Mapping[str, float]) -> dict[str, float]:
+        count = sums["count"]
+        loss = sums["loss"] / count
+        return {
+            "loss": loss,
+            "perplexity": math.exp(min(loss, 700.0)),
+            "token_accuracy": sums["correct"] / count,
+        }

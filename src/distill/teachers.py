@@ -1,0 +1,121 @@
+"""The frozen teacher (DESIGN.md "Teacher").
+
+A :class:`Teacher` wraps a trained model so that it can only teach: eval mode (always, even
+when the method around it is put in train mode), ``requires_grad=False``, run under
+``torch.no_grad()``, optionally under bf16/fp16 autocast, never in an optimizer and never
+wrapped for data parallelism. Methods only ever call ``self.teacher(batch)`` (or
+:meth:`Teacher.features` for intermediate layers); where its outputs come from — a forward
+pass, or a store of outputs computed earlier — is the teacher's business::
+
+    teacher = Teacher(model, "classification", precision="bf16")
+    logits = teacher(batch)          # [N, C] float32, no graph
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from .data.batches import batch_device
+from .precision import DTYPES, autocast
+from .taps import Taps
+from .tasks import Task, get_task
+
+
+class OutputStore(Protocol):
+    """Where a teacher's outputs are kept between epochs (see :mod:`distill.cache`)."""
+
+    def lookup(
+        self, batch: Mapping[str, Any], compute: Callable[[Mapping[str, Any]], torch.Tensor]
+    ) -> torch.Tensor:
+        """The outputs for ``batch``: stored ones, and ``compute(sub_batch)`` for the samples
+        not stored yet (which are then stored)."""
+        ...
+
+    def flush(self) -> None:
+        """Make what is stored durable (a no-op in memory)."""
+        ...
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Make ``model`` a teacher in place: eval mode and no parameter requires a gradient."""
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+class Teacher(nn.Module):
+    """A frozen model that teaches.
+
+    Args:
+        module: the trained model (frozen in place: eval mode, ``requires_grad=False``).
+        task: the task (a :class:`~distill.tasks.Task` or its name), which says how the model
+            is called on a batch and where its logits are.
+        precision: ``fp32`` (the surrounding autocast, if any, applies), or ``bf16``/``fp16``
+            to run the teacher, only, under that autocast. Outputs are float32 either way.
+        store: optional :class:`OutputStore` (e.g. a :class:`~distill.cache.TeacherCache`);
+            then the model runs only for samples whose outputs are not stored yet.
+
+    Attributes:
+        calls: forward passes of the model so far (a store's hits do not count).
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        task: str | Task = "classification",
+        precision: str = "fp32",
+        store: OutputStore | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(module, Teacher):
+            raise TypeError("module is already a Teacher; pass its .module or use it as is")
+        if precision not in DTYPES:
+            raise ValueError(
+                f"teacher precision must be one of {', '.join(DTYPES)}; got {precision!r}"
+            )
+        self.module = freeze(module)
+        self.task = get_task(task)
+        self.precision = precision
+        self.store = store
+        self.calls = 0
+
+    def train(self, mode: bool = True) -> Teacher:
+        """A teacher stays in eval mode whatever ``mode`` is asked for."""
+        return super().train(False)
+
+    def forward(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """The teacher's logits on ``batch`` (float32, no graph), as the task defines them:
+        ``[N, C]`` for classification, ``[N, L−1, V]`` for a causal LM."""
+        if self.store is not None:
+            return self.store.lookup(batch, self.compute)
+        return self.compute(batch)
+
+    @torch.no_grad()
+    def compute(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """Run the model on ``batch`` (bypassing any store)."""
+        self.calls += 1
+        with autocast(batch_device(batch), self.precision):
+            return self.task.logits(self.module, batch).float()
+
+    @torch.no_grad()
+    def features(self, batch: Mapping[str, Any], layers: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Outputs of the named submodules on ``batch`` (no graph). The forward stops after the
+        last of them, so later layers do not run."""
+        args, kwargs = self.task.inputs(batch)
+        self.calls += 1
+        with autocast(batch_device(batch), self.precision), Taps(self.module, layers) as taps:
+            return taps.run_until_captured(*args, **kwargs)
+
+    def flush(self) -> None:
+        """Make the store's contents durable (called at every epoch end)."""
+        if self.store is not None:
+            self.store.flush()
+
+
+def as_teacher(model: nn.Module | Teacher, task: str | Task = "classification") -> Teacher:
+    """``model`` itself when it is a :class:`Teacher`, else a new ``Teacher(model, task)``."""
+    return model if isinstance(model, Teacher) else Teacher(model, task)
