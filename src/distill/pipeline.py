@@ -216,6 +216,7 @@ class Pipeline:
             models=self.models,
             sample_batch=sample,
             task=self.task,
+            train_size=len(bundle.train),
             seed=self.recipe.seed,
             trained={n for n, m in self.recipe.models.items() if m.checkpoint},
             make_teacher=lambda name, settings, temperature: self._teacher(

@@ -167,6 +167,8 @@ class StageContext:
         sample_batch: a dict batch of a few training items, for methods that size adapters
             or check layers with a probe forward.
         task: the recipe's task.
+        train_size: the number of training samples (batches' ``index`` values lie in
+            ``[0, train_size)``), for methods that keep a memory per sample.
         seed: the recipe's seed.
         trained: names of the models already trained by earlier stages or loaded from a
             checkpoint when this stage starts (a method may skip retraining them).
@@ -177,6 +179,7 @@ class StageContext:
     models: dict[str, nn.Module]
     sample_batch: dict[str, Any]
     task: Task
+    train_size: int = 0
     seed: int = 0
     trained: set[str] = field(default_factory=set)
     make_teacher: Callable[[str, TeacherFields | None, float], Teacher] | None = None
