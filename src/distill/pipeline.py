@@ -191,7 +191,7 @@ class Pipeline:
         for name, spec in self.recipe.models.items():
             torch.manual_seed(derive_seed(self.recipe.seed, "model", name))
             try:
-                model = create(spec.arch, **{**from_data, **spec.source_options()})
+                model = create(spec.arch, defaults=from_data, **spec.source_options())
             except ConfigError as exc:
                 raise ConfigError(f"models.{name}.arch: {exc}") from None
             if spec.checkpoint:

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
 from distill.errors import ConfigError
 from distill.models.cnn import PlainCNN
+from distill.models.hf import create_hf, save_hf
 from distill.models.resnet import CifarResNet
 from distill.models.saving import load_model_weights, save_model
 from distill.models.wrn import WideResNet
@@ -39,13 +41,14 @@ __all__ = [
     "load_model_weights",
     "register",
     "register_source",
+    "save_hf",
     "save_model",
 ]
 
 Source = Callable[..., nn.Module]
 """``source(name, **options) -> nn.Module``: builds the model ``name`` of one source."""
 
-SOURCES: dict[str, Source] = {"": create_zoo}
+SOURCES: dict[str, Source] = {"": create_zoo, "hf": create_hf}
 """Prefix -> source. The empty prefix is our zoo (names without a ``prefix:``)."""
 
 
@@ -63,11 +66,14 @@ def register_source(prefix: str) -> Callable[[Source], Source]:
     return decorator
 
 
-def create(arch: str, **options: object) -> nn.Module:
+def create(arch: str, *, defaults: dict[str, Any] | None = None, **options: Any) -> nn.Module:
     """Build the model ``arch`` (``"resnet20"``, ``"hf:PATH"``, ...) with its source's
     ``options`` (for the zoo: ``num_classes``, ``in_channels``).
 
-    The result carries ``model.arch = arch`` (checkpoints store it).
+    ``defaults`` are options a source gets only if it names them as parameters and
+    ``options`` does not set them: what a run knows from its data and task (``task``,
+    ``num_classes``, ``in_channels``), offered to every source. The result carries
+    ``model.arch = arch`` (checkpoints store it).
 
     Raises:
         ConfigError: an unknown prefix or architecture, or options the source rejects.
@@ -84,6 +90,9 @@ def create(arch: str, **options: object) -> nn.Module:
             "(a name without a prefix is a zoo architecture)"
         )
     source = SOURCES[prefix]
+    named = inspect.signature(source).parameters
+    taken = {k: v for k, v in (defaults or {}).items() if k in named and k not in options}
+    options = {**taken, **options}
     try:
         inspect.signature(source).bind(name, **options)
     except TypeError as exc:

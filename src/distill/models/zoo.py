@@ -127,13 +127,20 @@ def _suggestion(name: str) -> str:
     return did_you_mean(typed, [best])
 
 
-def create_zoo(name: str, *, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+def create_zoo(
+    name: str, *, task: str = "classification", num_classes: int = 10, in_channels: int = 3
+) -> nn.Module:
     """Build the zoo architecture ``name``: ``[N, in_channels, H, W]`` -> ``[N, num_classes]``.
 
     Weights depend only on torch's RNG, so ``torch.manual_seed`` beforehand makes them
-    reproducible. Unknown names, a bad ``wrn`` depth, ``num_classes < 2`` or
-    ``in_channels < 1`` raise :class:`ConfigError`.
+    reproducible. Unknown names, a bad ``wrn`` depth, ``num_classes < 2``,
+    ``in_channels < 1`` or a task other than ``classification`` raise :class:`ConfigError`.
     """
+    if task != "classification":
+        raise ConfigError(
+            f"zoo model {name!r} is an image classifier, but the task is {task!r}; use a model "
+            "of another source (e.g. hf: for a causal LM)"
+        )
     _check_positive_int("num_classes", num_classes, 2)
     _check_positive_int("in_channels", in_channels, 1)
     if name in MODELS:

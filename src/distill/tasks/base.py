@@ -135,5 +135,6 @@ class Task:
         raise NotImplementedError
 
     def model_options(self, data: Any) -> dict[str, Any]:
-        """Options every model of a run gets from its data (e.g. ``num_classes``)."""
-        return {}
+        """Options a run offers every model's source (each takes those it names): the task,
+        and what the data says (e.g. ``num_classes``)."""
+        return {"task": self.name}

@@ -58,4 +58,4 @@ class Classification(Task):
         return {"accuracy": sums["correct"] / count, "loss": sums["loss"] / count}
 
     def model_options(self, data: Any) -> dict[str, Any]:
-        return {"num_classes": data.num_classes, "in_channels": data.in_channels}
+        return {"task": self.name, "num_classes": data.num_classes, "in_channels": data.in_channels}
