@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -13,13 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from _readme import run_snippet
 from _weights import assert_same_weights, final_weights
 from torch import nn
-from torch.utils.data import DataLoader
 
-import distill
 from distill import FitNets
-from distill.data import load_data
 from distill.errors import ConfigError
 from distill.losses import hint_loss
 from distill.methods import KD, StageContext
@@ -230,43 +227,10 @@ def test_recipe_errors_name_the_field() -> None:
         parse_recipe(bad)
 
 
-def readme_example(marker: str) -> str:
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    match = re.compile(r"```python\n(.*?)```", re.S).search(readme, readme.index(marker))
-    assert match, f"no python block after {marker}"
-    return match.group(1)
-
-
-def run_readme_example(marker: str, **names: object) -> list[tuple[str, int]]:
-    """Run a README snippet in the namespace of the README's KD example, with a fit() that
-    does one step (the snippets only need to be right, not to train)."""
-    data = load_data("digits", subset=200)
-    calls: list[tuple[str, int]] = []
-
-    def fit(method: nn.Module, epochs: int) -> None:
-        calls.append((type(method).__name__, epochs))
-        x, y = next(iter(DataLoader(data.train, batch_size=16)))
-        method(x, y).loss.backward()
-
-    torch.manual_seed(0)
-    namespace = {
-        "torch": torch,
-        "DataLoader": DataLoader,
-        "distill": distill,
-        "create": create,
-        "data": data,
-        "teacher": create("resnet8", num_classes=10, in_channels=1),
-        "fit": fit,
-        **names,
-    }
-    exec(compile(readme_example(marker), "README.md", "exec"), namespace)  # noqa: S102
-    return calls
-
-
 def test_readme_examples_run() -> None:
-    assert run_readme_example("<!-- example:fitnets -->") == [("FitNets", 3), ("KD", 8)]
+    assert run_snippet("<!-- example:fitnets -->") == [("FitNets", 3), ("KD", 8)]
     sample = torch.randn(8, 1, 8, 8)  # the FSP example reuses the FitNets example's batch
-    assert run_readme_example("<!-- example:fsp -->", x=sample) == [("Supervised", 8)]
+    assert run_snippet("<!-- example:fsp -->", x=sample) == [("Supervised", 8)]
 
 
 RUNNER = Path(__file__).with_name("_ddp_runner.py")

@@ -201,3 +201,43 @@ def test_register_custom_model() -> None:
             register(name)(tiny)
     finally:
         MODELS.pop(name, None)
+
+
+# --- sources by prefix ---------------------------------------------------------------------------
+
+
+def test_sources_are_chosen_by_prefix_and_registered_by_one_function(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from distill.models import SOURCES, register_source
+
+    monkeypatch.setattr("distill.models.SOURCES", dict(SOURCES))
+    made: list[tuple[str, dict]] = []
+
+    @register_source("toy")
+    def toy(name: str, *, width: int = 4, num_classes: int = 2) -> nn.Module:
+        made.append((name, {"width": width, "num_classes": num_classes}))
+        return nn.Linear(width, num_classes)
+
+    model = create("toy:tiny", width=3, defaults={"num_classes": 5, "in_channels": 1})
+    # A run's defaults reach a source only where it names them; its own options win.
+    assert made == [("tiny", {"width": 3, "num_classes": 5})] and model.arch == "toy:tiny"
+    zoo = create("cnn-2", defaults={"task": "classification", "num_classes": 3})
+    assert zoo.head.fc.out_features == 3
+    with pytest.raises(ConfigError, match="unexpected keyword argument 'depth'"):
+        create("toy:tiny", depth=2)
+    with pytest.raises(ConfigError, match=r"unknown model source 'tim:' .* sources: hf:, toy:"):
+        create("tim:resnet18")
+    with pytest.raises(ConfigError, match="already registered"):
+        register_source("toy")(toy)
+    with pytest.raises(ConfigError, match="image classifier, but the task is 'causal_lm'"):
+        create("cnn-2", task="causal_lm")
+
+
+def test_zoo_families_give_the_assistants_candidates() -> None:
+    from distill.models import family
+
+    assert family("cnn-2") == ["cnn-2", "cnn-4", "cnn-6", "cnn-8", "cnn-10"]
+    assert "resnet8x4" not in family("resnet20") and "resnet56" in family("resnet20")
+    assert family("resnet8x4") == ["resnet8x4", "resnet32x4"]
+    assert "wrn-40-2" in family("wrn-16-2") and "wrn-52-1" in family("wrn-16-1", larger="wrn-52-1")

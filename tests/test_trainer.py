@@ -79,6 +79,25 @@ def test_resume_after_crash_matches_uninterrupted_run(tmp_path: Path) -> None:
         assert torch.equal(value, straight[key]), key
 
 
+def test_progress_is_saved_in_checkpoints_and_restored(tmp_path: Path) -> None:
+    data = digits()
+    _, student = fresh_models()
+    method = Supervised(student)
+    Trainer(config(epochs=2), batch_size=32, progress=False, checkpoint_dir=tmp_path).fit(
+        method, data.train, None, {}
+    )
+    # 160 training images in batches of 32: 5 steps an epoch; the last step is step 9.
+    assert (method.progress.epoch, method.progress.step) == (1, 9)
+    state = torch.load(tmp_path / "epoch_0002.pt", weights_only=True)
+    assert state["progress"] == {"epoch": 1, "step": 9, "epochs": 2, "steps_per_epoch": 5}
+    # A new process resuming a finished phase trains nothing and knows where training was.
+    again = Supervised(fresh_models()[1])
+    Trainer(config(epochs=2), batch_size=32, progress=False, checkpoint_dir=tmp_path).fit(
+        again, data.train, None, {}, resume=True
+    )
+    assert again.progress == method.progress
+
+
 def test_truncated_newest_checkpoint_falls_back_to_previous(tmp_path: Path) -> None:
     data = digits()
     _, student = fresh_models()

@@ -11,12 +11,14 @@ from .at import AT, ATStage
 from .base import (
     DemoEntry,
     Distiller,
+    KDFields,
     Output,
     Phase,
     Progress,
     StageContext,
     StageSpec,
     TeacherFields,
+    TeacherStudentSpec,
 )
 from .dml import DML, DMLStage
 from .fitnets import FitNets, FitNetsStage
@@ -46,6 +48,7 @@ __all__ = [
     "Distiller",
     "FSPPair",
     "FitNets",
+    "KDFields",
     "Output",
     "Phase",
     "Progress",
@@ -53,6 +56,7 @@ __all__ = [
     "StageSpec",
     "Supervised",
     "TeacherFields",
+    "TeacherStudentSpec",
     "assistant_ladder",
     "propose_fsp_pairs",
 ]

@@ -146,7 +146,7 @@ class FeaturePhase(Distiller):
         raise NotImplementedError
 
 
-class FeaturePhaseSpec(TeacherStudentSpec, KDFields):
+class FeaturePhaseSpec(KDFields, TeacherStudentSpec):
     """Recipe fields and checks shared by the ``fitnets`` and ``fsp`` stages: the teacher, the
     student and phase 2's KD settings. Subclasses build their phase-1 Distiller in
     :meth:`build_phase_one` and list their phases."""

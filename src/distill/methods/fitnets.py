@@ -111,7 +111,7 @@ class FitNets(FeaturePhase):
         return KD(self.teacher, self.student, self.temperature, self.alpha, task=self.task)
 
 
-class FitNetsStage(FeaturePhaseSpec, TeacherFields):
+class FitNetsStage(TeacherFields, FeaturePhaseSpec):
     """``{method: fitnets, teacher, student, hint_layer, guided_layer, hint: {...}}``.
 
     Two phases: ``hint`` (phase 1, trained with the stage's settings with ``hint`` merged over

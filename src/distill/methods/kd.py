@@ -73,7 +73,7 @@ class KD(Distiller):
         return Output(loss=loss, parts={k: v.detach() for k, v in parts.items()}, logits=logits)
 
 
-class KDStage(TeacherStudentSpec, KDFields, TeacherFields):
+class KDStage(TeacherFields, KDFields, TeacherStudentSpec):
     """``{method: kd, teacher: NAME, student: NAME, temperature: 4.0, alpha: 0.9}``, plus the
     teacher fields of :class:`~distill.methods.base.TeacherFields` (``cache: teacher``...)."""
 

@@ -173,7 +173,7 @@ class TAKD:
         return [fit(kd) for kd in self.links(start)]
 
 
-class TAKDStage(StageSpec, TeacherFields):
+class TAKDStage(TeacherFields, StageSpec):
     """``{method: takd, chain: [teacher, assistant, ..., student], temperature, alpha}``.
 
     - ``temperature`` / ``alpha``: one value for every link, or a list of one per link.
