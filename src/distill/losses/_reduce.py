@@ -26,3 +26,12 @@ def shape_without(shape: torch.Size, dim: int) -> torch.Size:
     """``shape`` without dimension ``dim`` (the positions of logits with classes along ``dim``)."""
     axis = dim % len(shape)
     return shape[:axis] + shape[axis + 1 :]
+
+
+def check_same_shape(student: torch.Tensor, teacher: torch.Tensor, what: str = "logits") -> None:
+    """ValueError unless the student's and teacher's tensors have one shape."""
+    if student.shape != teacher.shape:
+        raise ValueError(
+            f"student and teacher {what} must have the same shape, got "
+            f"{tuple(student.shape)} and {tuple(teacher.shape)}"
+        )

@@ -28,6 +28,7 @@ from __future__ import annotations
 import torch
 
 from ..checks import check_nonnegative, check_positive, check_temperature
+from ._reduce import check_same_shape
 
 
 def _pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
@@ -76,11 +77,7 @@ def dist_terms(
     """
     temperature = check_temperature(temperature)
     eps = check_positive(eps, "eps")
-    if student_logits.shape != teacher_logits.shape:
-        raise ValueError(
-            "student and teacher logits must have the same shape, got "
-            f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}"
-        )
+    check_same_shape(student_logits, teacher_logits)
     s = student_logits.movedim(dim, -1)
     t = teacher_logits.movedim(dim, -1)
     if mask is not None:

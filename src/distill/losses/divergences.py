@@ -22,7 +22,7 @@ from torch import Tensor
 from distill.errors import did_you_mean
 
 from ..checks import check_fraction, check_temperature
-from ._reduce import masked_mean, shape_without
+from ._reduce import check_same_shape, masked_mean, shape_without
 from .sparse import TopK, topk_buckets
 
 
@@ -226,10 +226,6 @@ def _log_probs(
     student = student_logits.float() / temperature
     if isinstance(teacher, TopK):
         return topk_buckets(student, teacher, dim)
-    if teacher.shape != student_logits.shape:
-        raise ValueError(
-            "teacher_logits must have the shape of student_logits, "
-            f"{tuple(student_logits.shape)}; got {tuple(teacher.shape)}"
-        )
+    check_same_shape(student_logits, teacher)
     log_p = F.log_softmax(teacher.detach().float() / temperature, dim=dim)
     return log_p, F.log_softmax(student, dim=dim)

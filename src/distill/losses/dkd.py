@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 
 from ..checks import check_nonnegative, check_temperature
-from ._reduce import masked_mean
+from ._reduce import check_same_shape, masked_mean
 
 
 def _prepare(
@@ -41,11 +41,7 @@ def _prepare(
     mask: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Classes moved last; targets as a long tensor, 0 where masked out; the mask checked."""
-    if student_logits.shape != teacher_logits.shape:
-        raise ValueError(
-            "student and teacher logits must have the same shape, got "
-            f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}"
-        )
+    check_same_shape(student_logits, teacher_logits)
     s = student_logits.movedim(dim, -1)
     t = teacher_logits.movedim(dim, -1)
     classes = s.shape[-1]

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ..checks import check_temperature
-from ._reduce import masked_mean
+from ._reduce import check_same_shape, masked_mean
 
 
 def kd_loss(
@@ -43,11 +43,7 @@ def kd_loss(
         Computed in float32 even under autocast.
     """
     check_temperature(temperature)
-    if student_logits.shape != teacher_logits.shape:
-        raise ValueError(
-            "student and teacher logits must have the same shape, got "
-            f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}"
-        )
+    check_same_shape(student_logits, teacher_logits)
     with torch.autocast(device_type=student_logits.device.type, enabled=False):
         s = student_logits.float() / temperature
         t = teacher_logits.detach().float() / temperature
