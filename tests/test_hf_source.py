@@ -13,7 +13,8 @@ import torch.distributed as dist
 from torch import nn
 
 from distill.errors import ConfigError
-from distill.models.hf import DTYPES, TASKS, create_hf, save_hf, unwrap_model
+from distill.models.hf import DTYPES, TASKS, create_hf, save_hf
+from distill.taps import unwrap as unwrap_model
 
 transformers = pytest.importorskip("transformers")
 

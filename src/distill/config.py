@@ -169,7 +169,15 @@ def merged_train(train: TrainConfig, overrides: dict[str, Any] | None) -> TrainC
 
 
 class DataConfig(Strict):
-    """Which data, how much of it, and how it is batched."""
+    """Which data, how much of it, and how it is batched.
+
+    Image sets (``digits``, ``fashion-mnist``, registered ones) take ``dir``, ``subset``,
+    ``val_fraction`` and ``augment``. Text sets (``text``, ``jsonl``, ``python-stdlib``) take
+    ``files`` (files, folders or globs; ``python-stdlib`` needs none, ``dir`` overrides where
+    the standard library is), ``tokenizer`` (``byte`` or a local Hugging Face tokenizer
+    folder), ``seq_len``, ``subset`` (training sequences), ``val_fraction``,
+    ``test_fraction``, ``max_files`` and ``split_by`` (``auto``, ``file`` or ``block``).
+    """
 
     name: str = "digits"
     dir: str | None = None
@@ -179,6 +187,16 @@ class DataConfig(Strict):
     eval_batch_size: int | None = Field(None, gt=0)
     augment: Literal["none", "standard"] = "none"
     num_workers: int = Field(0, ge=0)
+    files: list[str] | None = None
+    tokenizer: str | None = None
+    seq_len: int | None = Field(None, ge=2)
+    test_fraction: float | None = Field(None, ge=0, lt=1)
+    max_files: int | None = Field(None, gt=0)
+    split_by: Literal["auto", "file", "block"] | None = None
+
+    def given(self) -> set[str]:
+        """The fields the recipe set (others keep their defaults)."""
+        return set(self.model_fields_set)
 
 
 class ModelConfig(Strict):

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +82,48 @@ def safe_load(path: str | os.PathLike) -> Any:
             f"checkpoint {path} cannot be read ({type(exc).__name__}: {str(exc)[:200]}); it may "
             "be truncated or not a distill checkpoint"
         ) from exc
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush every file under ``folder`` (and the folders themselves) to disk."""
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(root))
+
+
+def write_folder(target: str | os.PathLike, fill: Callable[[Path], None]) -> None:
+    """Write a folder whole or not at all: ``fill(staging)`` writes its files into a hidden
+    sibling folder (``.NAME.*.tmp``), which, once flushed to disk, is renamed to ``target``.
+
+    An existing ``target`` is first renamed aside (``.NAME.*.old``), the new folder renamed
+    into place, then the old one deleted; a crash between those renames leaves ``target``
+    missing (never half-written) and the old copy beside it. If ``fill`` or a rename fails,
+    the staging folder is removed and an old ``target`` is put back.
+    """
+    target = Path(target)
+    parent = target.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    # mkdir (not mkdtemp, which makes it private to the owner) so the umask applies as usual.
+    staging = parent / f".{target.name}.{uuid.uuid4().hex[:8]}.tmp"
+    staging.mkdir()
+    old: Path | None = None
+    try:
+        fill(staging)
+        _fsync_tree(staging)
+        if target.exists():
+            old = parent / f".{target.name}.{uuid.uuid4().hex[:8]}.old"
+            os.rename(target, old)
+        os.rename(staging, target)
+        fsync_dir(parent)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if old is not None and old.exists() and not target.exists():
+            os.rename(old, target)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -40,12 +40,12 @@ from .cache import (
     model_fingerprint,
     transform_description,
 )
-from .data import DATASETS, DataBundle, load_data
+from .data import DataBundle, load
 from .data.batches import as_item
-from .errors import CheckpointError, ConfigError, DataError, DistillError, did_you_mean
+from .errors import CheckpointError, ConfigError, DataError, DistillError
 from .files import atomic_save, atomic_write_json, atomic_write_text, safe_load
 from .methods import Phase, StageContext, TeacherFields
-from .models import count_parameters, create, load_model_weights, save_model
+from .models import count_parameters, create, load_model_weights, save_model, save_trained
 from .recipe import Recipe
 from .seeding import derive_seed, seed_everything
 from .tasks import get_task
@@ -144,7 +144,10 @@ class Pipeline:
             # Temporary files of writes cut short by a crash: never whole, never needed.
             if self.out.is_dir():
                 for stale in self.out.rglob(".*.tmp"):
-                    stale.unlink(missing_ok=True)
+                    if stale.is_dir():
+                        shutil.rmtree(stale, ignore_errors=True)
+                    else:
+                        stale.unlink(missing_ok=True)
             try:
                 (self.out / "checkpoints").mkdir(parents=True, exist_ok=True)
                 probe = self.out / ".write-test"
@@ -167,23 +170,19 @@ class Pipeline:
 
     def _load_data(self) -> DataBundle:
         if self.bundle is None:
-            d = self.recipe.data
-            if d.name not in DATASETS:
-                raise ConfigError(
-                    f"data.name: unknown dataset {d.name!r}{did_you_mean(d.name, DATASETS)}; "
-                    f"registered: {', '.join(DATASETS)}"
-                )
+            name = self.recipe.data.name
             try:
-                self.bundle = load_data(
-                    d.name,
-                    dir=d.dir,
-                    subset=d.subset,
-                    val_fraction=d.val_fraction,
-                    seed=self.recipe.seed,
-                    augment=d.augment,
-                )
+                self.bundle = load(self.recipe.data, seed=self.recipe.seed)
             except (ConfigError, DataError) as exc:
-                raise type(exc)(f"data ({d.name}): {exc}") from None
+                message = str(exc)
+                prefix = "" if message.startswith("data.") else f"data ({name}): "
+                raise type(exc)(prefix + message) from None
+        if self.bundle.kind != self.task.data_kind:
+            raise ConfigError(
+                f"task: {self.task.name} runs on {self.task.data_kind} data, but data.name "
+                f"{self.bundle.name!r} is {self.bundle.kind} data; choose a dataset of that kind "
+                "or another task"
+            )
         return self.bundle
 
     def _build_models(self, bundle: DataBundle) -> None:
@@ -192,6 +191,7 @@ class Pipeline:
             torch.manual_seed(derive_seed(self.recipe.seed, "model", name))
             try:
                 model = create(spec.arch, defaults=from_data, **spec.source_options())
+                self.task.check_model(model, bundle)
             except ConfigError as exc:
                 raise ConfigError(f"models.{name}.arch: {exc}") from None
             if spec.checkpoint:
@@ -238,13 +238,7 @@ class Pipeline:
                 phase_results.append(record)
             ctx.trained.update(spec.produces())
             if self.is_main:
-                for name in spec.produces():
-                    save_model(
-                        self.models[name],
-                        self.out / "checkpoints" / f"{name}.pt",
-                        stage=stage_name,
-                        **self.task.model_options(bundle),
-                    )
+                self._save_trained(spec.produces(), stage_name, bundle)
             primary = self.task.primary.name
             final_val = {}
             for record in phase_results:
@@ -280,6 +274,16 @@ class Pipeline:
 
             write_report(self.out, summary, self._read_metrics())
         return summary
+
+    def _save_trained(self, names: list[str], stage_name: str, bundle: DataBundle) -> None:
+        """Write each model a stage trained: ``checkpoints/NAME.pt`` (a recipe can start from
+        it) and ``models/NAME/`` in its ecosystem's format (with the data's tokenizer)."""
+        meta = self.task.model_options(bundle)
+        for name in names:
+            model = self.models[name]
+            save_model(model, self.out / "checkpoints" / f"{name}.pt", stage=stage_name, **meta)
+            tokenizer = getattr(bundle, "tokenizer", None)
+            save_trained(model, self.out / "models" / name, tokenizer=tokenizer, **meta)
 
     def _phase_dir(self, stage_name: str, phase: Phase) -> Path:
         return self.out / "checkpoints" / stage_name / phase.name
@@ -492,9 +496,13 @@ class Pipeline:
                 )
                 entry.update({f"{split}_{m}": found[m] for m in self.task.summary_metrics})
             models[name] = entry
+        samples = None
+        if self.is_main:
+            samples = self.task.samples({n: self.models[n] for n in models}, bundle)
         return {
             "recipe": self.recipe.source,
             "task": self.task.name,
+            **({"samples": samples} if samples is not None else {}),
             "seed": self.recipe.seed,
             "data": {
                 "name": bundle.name,

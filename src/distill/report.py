@@ -197,6 +197,20 @@ def method_sections(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def samples_section(summary: dict[str, Any]) -> list[str]:
+    """What each model makes of one fixed input (a language model's greedy continuation of a
+    prompt), when the run's task gives one."""
+    samples = summary.get("samples")
+    if not samples:
+        return []
+    lines = ["", "## Samples", "", "Greedy continuation of a prompt from the validation split:"]
+    fence = "~~~~"  # not ```, which source code may hold
+    lines += ["", "Prompt:", "", fence, samples["prompt"], fence]
+    for name, text in samples["continuations"].items():
+        lines += ["", f"`{name}`:", "", fence, text, fence]
+    return lines
+
+
 def write_report(out: str | Path, summary: dict[str, Any], metrics: list[dict[str, Any]]) -> None:
     """Write ``report.md`` and the plots into the run directory ``out``."""
     out = Path(out)
@@ -240,6 +254,7 @@ def write_report(out: str | Path, summary: dict[str, Any], metrics: list[dict[st
     header = ["#", "stage", "method", "trains", "teachers", "epochs", "seconds"]
     lines += markdown_table([*header, f"val {metric.label}"], rows)
     lines += method_sections(summary)
+    lines += samples_section(summary)
     for plot in plots:
         lines += ["", f"![{plot}]({plot})"]
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")

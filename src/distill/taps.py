@@ -119,11 +119,16 @@ _WRAPPERS = (nn.parallel.DistributedDataParallel, nn.DataParallel)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside DistributedDataParallel / DataParallel wrappers (``model`` itself when
-    it is not wrapped): layer names are those of the wrapped model."""
-    while isinstance(model, _WRAPPERS):
-        model = model.module
-    return model
+    """The model inside DistributedDataParallel / DataParallel wrappers and ``torch.compile``'s
+    ``OptimizedModule`` (``_orig_mod``), in any nesting; ``model`` itself when it is not
+    wrapped. Layer names (and saved weights' names) are those of the wrapped model."""
+    while True:
+        if isinstance(model, _WRAPPERS):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
 
 
 def resolve_module(model: nn.Module, name: str) -> nn.Module:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -33,10 +34,14 @@ from distill.data.bundle import (
     split_indices,
     validate_val_fraction,
 )
+from distill.data.text import TEXT_DATASETS, TextData, load_text_data
 from distill.errors import ConfigError, DataError, did_you_mean
 
 __all__ = [
     "DATASETS",
+    "TEXT_DATASETS",
+    "TextData",
+    "load",
     "DataBundle",
     "RawData",
     "TensorImageDataset",
@@ -216,3 +221,50 @@ def load_data(
         in_channels=int(train_x.shape[1]),
         image_size=(int(train_x.shape[2]), int(train_x.shape[3])),
     )
+
+
+#: DataConfig fields that only text sets take, and those only image sets take.
+TEXT_FIELDS = ("files", "tokenizer", "seq_len", "test_fraction", "max_files", "split_by")
+IMAGE_FIELDS = ("augment",)
+
+
+def load(config: Any, seed: int = 0) -> DataBundle | TextData:
+    """The data a recipe's ``data`` section (a :class:`~distill.config.DataConfig`) names: a
+    :class:`DataBundle` of images or a :class:`~distill.data.text.TextData`, both with
+    ``kind``, ``train``, ``val``, ``test`` and ``collate``.
+
+    Raises:
+        ConfigError: an unknown name, or a field that the named set does not take.
+    """
+    name = config.name
+    text = name in TEXT_DATASETS
+    if not text and name not in DATASETS:
+        known = ", ".join([*DATASETS, *TEXT_DATASETS])
+        raise ConfigError(
+            f"data.name: unknown dataset {name!r}"
+            f"{did_you_mean(str(name), [*DATASETS, *TEXT_DATASETS])}; registered: {known}"
+        )
+    foreign = [f for f in (IMAGE_FIELDS if text else TEXT_FIELDS) if f in config.given()]
+    if foreign:
+        takers, other = (DATASETS, "a text") if text else (TEXT_DATASETS, "an image")
+        raise ConfigError(
+            f"data.{foreign[0]}: applies to the datasets {', '.join(takers)}, but data.name "
+            f"is {name!r}, {other} dataset"
+        )
+    if not text:
+        return load_data(
+            name,
+            dir=config.dir,
+            subset=config.subset,
+            val_fraction=config.val_fraction,
+            seed=seed,
+            augment=config.augment,
+        )
+    options: dict[str, Any] = {"seed": seed}
+    for field in ("files", "tokenizer", "seq_len", "subset", "val_fraction", "test_fraction",
+                  "max_files", "split_by"):
+        if getattr(config, field) is not None:
+            options[field] = getattr(config, field)
+    if config.dir is not None:
+        options["root"] = config.dir
+    return load_text_data(name, **options)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
@@ -67,6 +67,9 @@ class DataBundle:
     in_channels: int
     image_size: tuple[int, int]
     collate: Callable[[list[Any]], Any] | None = None
+
+    #: What the items are (a task says which kind it needs).
+    kind: ClassVar[str] = "images"
 
 
 class TensorImageDataset(Dataset):

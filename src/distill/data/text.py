@@ -42,7 +42,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -96,6 +96,9 @@ class TextData:
     vocab_size: int
     pad_id: int
     seq_len: int
+
+    #: What the items are (a task says which kind it needs).
+    kind: ClassVar[str] = "text"
 
 
 class TokenBlocks(Dataset):

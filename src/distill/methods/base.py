@@ -12,17 +12,18 @@ is trained by the training loop on its own. Methods never run loops themselves.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 
 from ..cache import CacheSettings
 from ..checks import Temperature, Weight
 from ..config import Strict, TrainConfig
+from ..errors import ConfigError, did_you_mean
 from ..tasks import Batch, Task, get_task
 from ..teachers import Teacher
 
@@ -334,9 +335,86 @@ class TeacherStudentSpec(StageSpec):
         return [("teacher", self.teacher), ("student", self.student)]
 
 
-class KDFields(Strict):
-    """The KD loss's ``temperature`` (> 0) and ``alpha`` (in [0, 1]), for the stages that
-    train with one (``kd``, and the second phase of ``fitnets`` and ``fsp``)."""
+class SoftLoss(Strict):
+    """``loss: {kind: jsd, beta: 0.5}``: which divergence a KD-style soft term takes (a kind of
+    :data:`~distill.losses.DIVERGENCES`; see :func:`~distill.losses.divergence` for ``beta``
+    and ``skew``)."""
+
+    kind: str
+    beta: Weight = 0.5
+    skew: Weight = 0.1
+
+    @field_validator("kind")
+    @classmethod
+    def _known(cls, kind: str) -> str:
+        from ..losses import DIVERGENCES
+
+        if kind not in DIVERGENCES:
+            raise ValueError(
+                f"unknown divergence {kind!r}{did_you_mean(kind, DIVERGENCES)}; allowed: "
+                f"{', '.join(DIVERGENCES)}"
+            )
+        return kind
+
+
+class SoftLossFields(Strict):
+    """How a KD-style soft term compares the teacher's and the student's distributions:
+
+    - ``loss``: ``null`` (default) for Hinton's KL(p ‖ q), or ``{kind, beta, skew}``
+      (:class:`SoftLoss`);
+    - ``vocab``: ``equal`` (teacher and student predict the same classes) or ``shared`` (cut
+      both to the ids they share: vocabularies padded differently in one tokenizer family);
+    - ``standardize``: z-score the logits before the temperature (Sun et al. 2024).
+    """
+
+    loss: SoftLoss | None = None
+    vocab: Literal["equal", "shared"] = "equal"
+    standardize: bool = False
+
+    def soft_loss_options(self) -> dict[str, Any]:
+        """These settings as keyword arguments of :class:`~distill.methods.KD`."""
+        options: dict[str, Any] = {"vocab": self.vocab, "standardize": self.standardize}
+        if self.loss is not None:
+            options.update(loss=self.loss.kind, beta=self.loss.beta, skew=self.loss.skew)
+        return options
+
+
+class KDFields(SoftLossFields):
+    """The KD loss's ``temperature`` (> 0), ``alpha`` (in [0, 1]) and soft-term settings
+    (:class:`SoftLossFields`), for the stages that train with one (``kd``, and the second
+    phase of ``fitnets`` and ``fsp``)."""
 
     temperature: Temperature = 4.0
     alpha: Weight = 0.9
+
+
+def check_same_outputs(
+    ctx: StageContext, where: str, names: Sequence[str], shared_vocab: bool = False
+) -> None:
+    """Raise :class:`ConfigError` unless the named models' logits on ``ctx.sample_batch`` have
+    one shape (they must predict the same classes to teach each other; with ``shared_vocab``
+    only the dimensions before the classes must agree).
+
+    Run before any stage trains, so a mismatch in a late stage is not found after hours of
+    training. Eval mode and no gradient: BatchNorm statistics and the RNG are left untouched.
+    """
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name in names:
+        model = ctx.models[name]
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                shape = tuple(ctx.task.logits(model, ctx.sample_batch).shape)
+        finally:
+            model.train(was_training)
+        shapes[name] = shape[:-1] if shared_vocab else shape
+    if len(set(shapes.values())) > 1:
+        listed = ", ".join(f"{name} {list(shape)}" for name, shape in shapes.items())
+        hint = "" if shared_vocab else (
+            " (vocabularies of one tokenizer family padded differently: set vocab: shared)"
+        )
+        raise ConfigError(
+            f"{where}: the models must predict the same classes, but their outputs on a batch "
+            f"differ in shape: {listed}{hint}"
+        )

@@ -21,8 +21,17 @@ from ..losses import mutual_terms
 from ..report import ALONE_NOTE, alone_cells, baselines, markdown_table, metric_cells
 from ..tasks import Batch, Task
 from ..teachers import Teacher, as_teacher
-from .base import DemoEntry, Distiller, Output, Phase, StageContext, StageSpec, as_batch
-from .takd import check_distinct, check_same_outputs
+from .base import (
+    DemoEntry,
+    Distiller,
+    Output,
+    Phase,
+    StageContext,
+    StageSpec,
+    as_batch,
+    check_same_outputs,
+)
+from .takd import check_distinct
 
 UPDATES = ("joint", "sequential")
 

@@ -29,7 +29,7 @@ from ..losses import hint_loss
 from ..tasks import Batch, Task
 from ..teachers import Teacher
 from ._features import FeaturePhase, FeaturePhaseSpec, check_layer, check_overrides, zoo_sections
-from .base import DemoEntry, Output, Phase, StageContext, TeacherFields
+from .base import DemoEntry, KDFields, Output, Phase, StageContext, TeacherFields
 from .kd import KD, KDStage
 
 
@@ -161,10 +161,8 @@ class FitNetsStage(TeacherFields, FeaturePhaseSpec):
         kd = KDStage(
             teacher=self.teacher,
             student=self.student,
-            temperature=self.temperature,
-            alpha=self.alpha,
             train=self.train,
-            **self.model_dump(include=set(TeacherFields.model_fields)),
+            **self.model_dump(include=set(KDFields.model_fields) | set(TeacherFields.model_fields)),
         )
         hint = Phase(
             name="hint",

@@ -219,10 +219,12 @@ def second_phase(
     temperature: float,
     alpha: float,
     task: str | Task = "classification",
+    **kd_options: Any,
 ) -> Distiller:
-    """FSP's phase-2 Distiller: ``Supervised(student)`` for ``"ce"``, ``KD`` for ``"kd"``."""
+    """FSP's phase-2 Distiller: ``Supervised(student)`` for ``"ce"``, ``KD`` (with
+    ``kd_options``, see :class:`KD`) for ``"kd"``."""
     if finetune == "kd":
-        return KD(teacher, student, temperature, alpha, task=task)
+        return KD(teacher, student, temperature, alpha, task=task, **kd_options)
     return Supervised(student, task=task)
 
 
@@ -281,6 +283,7 @@ class FSPStage(FeaturePhaseSpec):
                 self.temperature,
                 self.alpha,
                 ctx.task,
+                **self.soft_loss_options(),
             )
 
         return [

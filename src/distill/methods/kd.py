@@ -1,13 +1,16 @@
-"""Classic knowledge distillation (Hinton, Vinyals and Dean 2015)."""
+"""Classic knowledge distillation (Hinton, Vinyals and Dean 2015), on any task: class logits
+of images, or token logits of a causal LM, with any divergence of :mod:`distill.losses`."""
 
 from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from torch import nn
 
 from ..checks import check_distinct_modules, check_fraction, check_temperature
-from ..losses import kd_loss
+from ..errors import ConfigError
+from ..losses import divergence, kd_loss, standardize
 from ..tasks import Batch, Task
 from ..teachers import Teacher, as_teacher
 from .base import (
@@ -19,25 +22,42 @@ from .base import (
     StageContext,
     TeacherFields,
     TeacherStudentSpec,
+    check_same_outputs,
 )
+
+VOCABS = ("equal", "shared")
 
 
 class KD(Distiller):
     r"""Soft-label distillation from a frozen teacher.
 
     .. math::
-        \mathcal{L} = (1-\alpha)\,\mathrm{CE}(s, y)
-                    + \alpha\,T^2\,\mathrm{KL}(\mathrm{softmax}(t/T)\,\|\,\mathrm{softmax}(s/T))
+        \mathcal{L} = (1-\alpha)\,\mathrm{CE}(s, y) + \alpha\,T^2\,D(p_T, q_T),
+        \quad p_T = \mathrm{softmax}(t/T),\; q_T = \mathrm{softmax}(s/T)
 
-    Parts: ``ce`` = (1−α)·CE and ``kd`` = α·T²·KL. Both terms are means over the positions
-    where the task applies losses (the batch for images; the labelled tokens for a causal LM).
+    with :math:`D` = KL(p ‖ q) by default (Hinton's KD, :func:`~distill.losses.kd_loss`), or
+    any kind of :func:`~distill.losses.divergence` (reverse KL, generalised JSD with ``beta``,
+    skew KLs, TVD). Parts: ``ce`` = (1−α)·CE and ``kd`` = α·T²·D. Both terms are means over the
+    positions where the task applies losses (the batch for images; the labelled tokens for a
+    causal LM, after the shift).
 
     Args:
         teacher: a :class:`~distill.teachers.Teacher`, or any trained module (wrapped in one:
             eval mode, frozen, run under ``torch.no_grad()``).
-        student: the module to train; its logits must have the teacher's shape.
+        student: the module to train; its logits must have the teacher's shape (or, with
+            ``vocab="shared"``, differ in the last dimension only).
         temperature: ``T > 0`` (paper and CIFAR benchmarks: 4).
         alpha: weight of the soft term, in [0, 1] (CIFAR benchmarks: 0.9).
+        loss: ``None`` for KL(p ‖ q), or a kind of :data:`~distill.losses.DIVERGENCES`.
+        beta: the generalised JSD's weight (see :func:`~distill.losses.divergence`).
+        skew: the skew KLs' mixing weight.
+        vocab: ``"equal"``: teacher and student predict the same classes (a mismatch is an
+            error naming both sizes); ``"shared"``: vocabularies padded differently within one
+            tokenizer family (e.g. 151,936 and 152,064 ids): both are cut to the ids they share,
+            the first ``min(V_s, V_t)``.
+        standardize: take the soft term on z-scored logits (Sun et al. 2024), each position's
+            logits shifted to mean 0 and scaled to standard deviation 1 before ``T``
+            (:func:`~distill.losses.standardize`); the CE term keeps the raw logits.
         task: how the models are called on a batch (default ``classification``).
     """
 
@@ -48,34 +68,86 @@ class KD(Distiller):
         temperature: float = 4.0,
         alpha: float = 0.9,
         *,
+        loss: str | None = None,
+        beta: float = 0.5,
+        skew: float = 0.1,
+        vocab: Literal["equal", "shared"] = "equal",
+        standardize: bool = False,
         task: str | Task = "classification",
     ) -> None:
         super().__init__(task)
         self.temperature = check_temperature(temperature)
         self.alpha = check_fraction(alpha)
+        if vocab not in VOCABS:
+            raise ConfigError(f"vocab must be one of {', '.join(VOCABS)}, got {vocab!r}")
+        if loss is not None:  # checks the kind, beta and skew once, here
+            probe = torch.zeros(1, 2)
+            divergence(probe, probe, loss, temperature=self.temperature, beta=beta, skew=skew)
+        self.loss, self.beta, self.skew = loss, beta, skew
+        self.vocab, self.standardize = vocab, standardize
         self.teacher = as_teacher(teacher, self.task)
         check_distinct_modules([self.teacher.module, student], "KD")
         self.student = student.requires_grad_(True)
 
+    def soft_loss(
+        self, logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """T²·D(softmax(t/T), softmax(s/T)), a mean over the positions of ``mask``."""
+        s, t = match_classes(logits, teacher_logits, self.vocab)
+        if self.standardize:
+            s, t = standardize(s), standardize(t)
+        if self.loss is None:
+            return kd_loss(s, t, self.temperature, mask=mask)
+        value = divergence(
+            s, t, self.loss, temperature=self.temperature, beta=self.beta, skew=self.skew,
+            mask=mask,
+        )
+        return self.temperature**2 * value
+
     def forward(self, batch: Batch) -> Output:
         teacher_logits = self.teacher(batch)
         logits = self.task.logits(self.student, batch)
-        if logits.shape != teacher_logits.shape:
-            raise ValueError(
-                "teacher and student outputs differ in shape: teacher "
-                f"{tuple(teacher_logits.shape)}, student {tuple(logits.shape)}; both must "
-                "predict the same classes"
-            )
+        soft = self.soft_loss(logits, teacher_logits, self.task.positions(batch))
         ce = self.task.supervised_loss(logits, batch)
-        soft = kd_loss(logits, teacher_logits, self.temperature, mask=self.task.positions(batch))
         parts = {"ce": (1 - self.alpha) * ce, "kd": self.alpha * soft}
         loss = parts["ce"] + parts["kd"]
         return Output(loss=loss, parts={k: v.detach() for k, v in parts.items()}, logits=logits)
 
 
+def match_classes(
+    student: torch.Tensor, teacher: torch.Tensor, vocab: str = "equal"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The student's and teacher's logits over the same classes: as they are (``equal``), or
+    cut to the first ``min(V_s, V_t)`` (``shared``).
+
+    Raises:
+        ValueError: the shapes differ (beyond the last dimension with ``shared``); the message
+            names both.
+    """
+    if vocab == "shared" and student.shape[:-1] == teacher.shape[:-1]:
+        shared = min(student.shape[-1], teacher.shape[-1])
+        return student[..., :shared], teacher[..., :shared]
+    if student.shape != teacher.shape:
+        hint = ""
+        if student.shape[:-1] == teacher.shape[:-1]:
+            hint = (
+                f"; the teacher predicts {teacher.shape[-1]} classes and the student "
+                f"{student.shape[-1]}: if they are one tokenizer family's vocabularies padded "
+                "differently, set vocab: shared"
+            )
+        raise ValueError(
+            "teacher and student outputs differ in shape: teacher "
+            f"{tuple(teacher.shape)}, student {tuple(student.shape)}; both must predict the "
+            f"same classes{hint}"
+        )
+    return student, teacher
+
+
 class KDStage(TeacherFields, KDFields, TeacherStudentSpec):
-    """``{method: kd, teacher: NAME, student: NAME, temperature: 4.0, alpha: 0.9}``, plus the
-    teacher fields of :class:`~distill.methods.base.TeacherFields` (``cache: teacher``...)."""
+    """``{method: kd, teacher: NAME, student: NAME, temperature: 4.0, alpha: 0.9}``, plus
+    ``loss: {kind: jsd, beta: 0.5}``, ``vocab: shared`` and ``standardize`` (see :class:`KD`)
+    and the teacher fields of :class:`~distill.methods.base.TeacherFields` (``cache:
+    teacher``...)."""
 
     method: Literal["kd"] = "kd"
 
@@ -98,7 +170,12 @@ class KDStage(TeacherFields, KDFields, TeacherStudentSpec):
             self.temperature,
             self.alpha,
             task=ctx.task,
+            **self.soft_loss_options(),
         )
+
+    def check(self, ctx: StageContext) -> None:
+        where = f"stage {self.stage_name()!r} (kd)"
+        check_same_outputs(ctx, where, [self.teacher, self.student], self.vocab == "shared")
 
     def phases(self, ctx: StageContext) -> list[Phase]:
         return [Phase("kd", lambda: self.build(ctx), [self.student], self.train)]

@@ -29,7 +29,15 @@ from ..errors import ConfigError
 from ..models.zoo import family
 from ..report import ALONE_NOTE, alone_cells, baselines, metric_cells
 from ..tasks import Task
-from .base import DemoEntry, Phase, StageContext, StageSpec, TeacherFields
+from .base import (
+    DemoEntry,
+    Phase,
+    SoftLossFields,
+    StageContext,
+    StageSpec,
+    TeacherFields,
+    check_same_outputs,
+)
 from .kd import KD
 
 R = TypeVar("R")
@@ -41,31 +49,6 @@ def check_distinct(names: list[str], where: str) -> list[str]:
     if repeated:
         raise ValueError(f"each model may appear once in {where}; repeated: {repeated}")
     return names
-
-
-def check_same_outputs(ctx: StageContext, where: str, names: Sequence[str]) -> None:
-    """Raise :class:`ConfigError` unless the named models' logits on ``ctx.sample_batch`` have
-    one shape (they must predict the same classes to teach each other).
-
-    Run before any stage trains, so a mismatch in a late link is not found after hours of
-    training. Eval mode and no gradient: BatchNorm statistics and the RNG are left untouched.
-    """
-    shapes: dict[str, tuple[int, ...]] = {}
-    for name in names:
-        model = ctx.models[name]
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                shapes[name] = tuple(ctx.task.logits(model, ctx.sample_batch).shape)
-        finally:
-            model.train(was_training)
-    if len(set(shapes.values())) > 1:
-        listed = ", ".join(f"{name} {list(shape)}" for name, shape in shapes.items())
-        raise ConfigError(
-            f"{where}: the models must predict the same classes, but their outputs on a batch "
-            f"differ in shape: {listed}"
-        )
 
 
 def _count_message(links: int, given: int) -> str:
@@ -173,7 +156,7 @@ class TAKD:
         return [fit(kd) for kd in self.links(start)]
 
 
-class TAKDStage(TeacherFields, StageSpec):
+class TAKDStage(TeacherFields, SoftLossFields, StageSpec):
     """``{method: takd, chain: [teacher, assistant, ..., student], temperature, alpha}``.
 
     - ``temperature`` / ``alpha``: one value for every link, or a list of one per link.
@@ -282,6 +265,7 @@ class TAKDStage(TeacherFields, StageSpec):
                 temperatures[index],
                 alphas[index],
                 task=ctx.task,
+                **self.soft_loss_options(),
             )
 
         return [
@@ -293,7 +277,8 @@ class TAKDStage(TeacherFields, StageSpec):
         ]
 
     def check(self, ctx: StageContext) -> None:
-        check_same_outputs(ctx, f"stage {self.stage_name()!r} (takd): chain", self.chain)
+        where = f"stage {self.stage_name()!r} (takd): chain"
+        check_same_outputs(ctx, where, self.chain, self.vocab == "shared")
 
     def summary_fields(self) -> dict[str, Any]:
         fields = super().summary_fields()

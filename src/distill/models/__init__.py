@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -23,7 +24,7 @@ from distill.errors import ConfigError
 from distill.models.cnn import PlainCNN
 from distill.models.hf import create_hf, save_hf
 from distill.models.resnet import CifarResNet
-from distill.models.saving import load_model_weights, save_model
+from distill.models.saving import load_model_weights, save_model, save_safetensors
 from distill.models.wrn import WideResNet
 from distill.models.zoo import MODELS, available, create_zoo, family, register
 
@@ -43,6 +44,8 @@ __all__ = [
     "register_source",
     "save_hf",
     "save_model",
+    "save_safetensors",
+    "save_trained",
 ]
 
 Source = Callable[..., nn.Module]
@@ -50,6 +53,30 @@ Source = Callable[..., nn.Module]
 
 SOURCES: dict[str, Source] = {"": create_zoo, "hf": create_hf}
 """Prefix -> source. The empty prefix is our zoo (names without a ``prefix:``)."""
+
+
+Saver = Callable[..., None]
+"""``saver(model, directory, *, tokenizer=None, **meta)``: writes a trained model in its
+ecosystem's format."""
+
+SAVERS: dict[str, Saver] = {
+    "": lambda model, directory, *, tokenizer=None, **meta: save_safetensors(
+        model, directory, **meta
+    ),
+    "hf": lambda model, directory, *, tokenizer=None, **meta: save_hf(model, directory, tokenizer),
+}
+"""Prefix -> how its trained models are saved (sources not listed: as the zoo's)."""
+
+
+def save_trained(
+    model: nn.Module, directory: str | Path, *, tokenizer: Any = None, **meta: Any
+) -> None:
+    """Write a trained model in its ecosystem's format: ``save_pretrained`` (plus the
+    tokenizer) for ``hf:`` models, ``model.safetensors`` + ``config.json`` (``meta``) for the
+    others. The folder is written whole or not at all."""
+    arch = getattr(model, "arch", "")
+    prefix = arch.partition(":")[0] if ":" in arch else ""
+    SAVERS.get(prefix, SAVERS[""])(model, directory, tokenizer=tokenizer, **meta)
 
 
 def register_source(prefix: str) -> Callable[[Source], Source]:

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,10 +28,10 @@ import torch
 from torch import nn
 
 from distill.errors import ConfigError, did_you_mean
-from distill.files import fsync_dir
+from distill.files import write_folder
 from distill.taps import unwrap
 
-__all__ = ["DTYPES", "OPTIONS", "TASKS", "create_hf", "save_hf", "unwrap_model"]
+__all__ = ["DTYPES", "OPTIONS", "TASKS", "create_hf", "save_hf"]
 
 TASKS: dict[str, str] = {
     "causal_lm": "AutoModelForCausalLM",
@@ -54,7 +52,7 @@ DTYPES: dict[str, torch.dtype | str] = {
 """Names accepted by ``dtype``: the dtype the weights are stored in; ``auto`` keeps the saved
 model's own (transformers' ``dtype="auto"``)."""
 
-OPTIONS = ("task", "config", "num_classes", "dtype")
+OPTIONS = ("task", "config", "num_classes", "vocab_size", "dtype")
 """The options :func:`create_hf` accepts besides the path."""
 
 CONFIG_FILE = "config.json"
@@ -116,6 +114,7 @@ def create_hf(
     task: str = "causal_lm",
     config: Mapping[str, Any] | None = None,
     num_classes: int | None = None,
+    vocab_size: int | None = None,
     dtype: str | None = None,
     **unknown: Any,
 ) -> nn.Module:
@@ -145,6 +144,8 @@ def create_hf(
         num_classes: ``classification`` only: the number of labels (``num_labels``). Required
             for a new model unless ``config`` sets ``num_labels``; a saved model keeps its own
             when it is left out.
+        vocab_size: the number of token ids the data's tokenizer makes: the vocabulary of a
+            new model whose ``config`` gives none (a run passes it from its data).
         dtype: a key of :data:`DTYPES`: the dtype the weights are held in. ``None`` is float32
             (trainable master weights; mixed precision comes from autocast); ``auto`` keeps
             the saved model's dtype.
@@ -174,6 +175,8 @@ def create_hf(
         )
     if task == "classification":
         _set_num_labels(arch, fields, num_classes, new=not path)
+    if not path and vocab_size is not None:
+        fields.setdefault("vocab_size", vocab_size)
     transformers = _transformers()
     auto = getattr(transformers, TASKS[task])
     torch_dtype = torch.float32 if dtype is None else DTYPES[dtype]
@@ -298,17 +301,6 @@ def _refuse_unknown_fields(arch: str, built: Any, stray: list[str]) -> None:
     )
 
 
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The model inside DistributedDataParallel / DataParallel wrappers and ``torch.compile``'s
-    ``OptimizedModule`` (``_orig_mod``), in any nesting; ``model`` itself when not wrapped."""
-    while True:
-        model = unwrap(model)
-        inner = getattr(model, "_orig_mod", None)
-        if not isinstance(inner, nn.Module):
-            return model
-        model = inner
-
-
 def save_hf(model: nn.Module, directory: str | os.PathLike[str], tokenizer: Any = None) -> None:
     """Save a transformers model (and its tokenizer) so that ``from_pretrained(directory)``
     loads it: ``config.json``, ``generation_config.json`` when the model has one, weights as
@@ -330,7 +322,7 @@ def save_hf(model: nn.Module, directory: str | os.PathLike[str], tokenizer: Any 
         ConfigError: ``directory`` is a file, or a non-empty folder without ``config.json``
             (it is not overwritten, in case it holds something else).
     """
-    inner = unwrap_model(model)
+    inner = unwrap(model)
     if not callable(getattr(inner, "save_pretrained", None)):
         raise ValueError(
             f"save_hf saves transformers models (with save_pretrained), got "
@@ -344,38 +336,19 @@ def save_hf(model: nn.Module, directory: str | os.PathLike[str], tokenizer: Any 
             f"{target}: not empty and holds no {CONFIG_FILE}, so it is not a saved model; "
             "refusing to replace it (choose another directory or empty it)"
         )
-    parent = target.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    # mkdir (not mkdtemp, which makes it private to the owner) so the umask applies as usual.
-    staging = parent / f".{target.name}.{uuid.uuid4().hex[:8]}.tmp"
-    staging.mkdir()
-    old: Path | None = None
-    try:
-        inner.save_pretrained(staging)
+
+    def fill(staging: Path) -> None:
+        hf_logging = _transformers().utils.logging
+        shown = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # one bar per shard written is noise in a run's log
+        try:
+            inner.save_pretrained(staging)
+        finally:
+            if shown:
+                hf_logging.enable_progress_bar()
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
-        _fsync_tree(staging)
-        if target.exists():
-            old = parent / f".{target.name}.{uuid.uuid4().hex[:8]}.old"
-            os.rename(target, old)
-        os.rename(staging, target)
-        fsync_dir(parent)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if old is not None and old.exists() and not target.exists():
-            os.rename(old, target)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+
+    write_folder(target, fill)
 
 
-def _fsync_tree(folder: Path) -> None:
-    """Flush every file under ``folder`` (and the folders themselves) to disk."""
-    for root, _dirs, files in os.walk(folder):
-        for name in files:
-            fd = os.open(os.path.join(root, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fsync_dir(Path(root))

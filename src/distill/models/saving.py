@@ -1,15 +1,25 @@
-"""Model files: the weights of a trained model, with what is needed to rebuild it."""
+"""Model files: the weights of a trained model, with what is needed to rebuild it.
+
+Two forms: :func:`save_model` writes our checkpoint file (``checkpoints/NAME.pt``: weights,
+architecture, classes), which recipes load back with ``models.NAME.checkpoint``;
+:func:`save_safetensors` writes a folder in a format other tools read (``models/NAME/``:
+``model.safetensors`` and ``config.json``). Hugging Face models are saved with
+``save_pretrained`` instead (:func:`distill.models.hf.save_hf`).
+"""
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from distill.errors import CheckpointError
-from distill.files import atomic_save, safe_load
+from distill.files import atomic_save, safe_load, write_folder
+from distill.taps import unwrap
 
 MODEL_FORMAT = "distill-model/1"
 
@@ -68,3 +78,21 @@ def load_model_weights(
         raise CheckpointError(
             f"checkpoint {path} does not fit {name}: {first[1] if len(first) > 1 else first[0]}"
         ) from exc
+
+
+def save_safetensors(model: nn.Module, directory: str | os.PathLike, **meta: Any) -> None:
+    """Write ``directory`` whole or not at all (:func:`distill.files.write_folder`):
+    ``model.safetensors`` (the state dict, loadable with ``safetensors.torch.load_file``) and
+    ``config.json`` (``arch`` and ``meta``, e.g. ``num_classes``, ``in_channels``)."""
+    from safetensors.torch import save_file
+
+    inner = unwrap(model)
+    arch = getattr(inner, "arch", type(inner).__name__)
+
+    def fill(staging: Path) -> None:
+        state = {k: v.detach().cpu().contiguous() for k, v in inner.state_dict().items()}
+        save_file(state, str(staging / "model.safetensors"), metadata={"arch": arch})
+        config = {"arch": arch, **meta}
+        (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+    write_folder(directory, fill)

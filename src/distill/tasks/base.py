@@ -71,12 +71,15 @@ class Task:
             which model is best (the primary metric).
         summary_metrics: the metrics recorded per model in ``summary.json`` and its tables.
         unit: what :meth:`count` counts, for throughput in progress bars (``samples``).
+        data_kind: the kind of data it runs on (``images``, ``text``), which a dataset's
+            ``kind`` must be.
     """
 
     name: ClassVar[str]
     metrics_info: ClassVar[tuple[Metric, ...]]
     summary_metrics: ClassVar[tuple[str, ...]]
     unit: ClassVar[str] = "samples"
+    data_kind: ClassVar[str] = "images"
 
     @property
     def primary(self) -> Metric:
@@ -133,6 +136,15 @@ class Task:
     def reduce(self, sums: Mapping[str, float]) -> dict[str, float]:
         """Metrics of a whole split from the sums of :meth:`metrics`."""
         raise NotImplementedError
+
+    def check_model(self, model: nn.Module, data: Any) -> None:
+        """Raise :class:`~distill.errors.ConfigError` when ``model`` cannot run on ``data``
+        (nothing is checked by default)."""
+
+    def samples(self, models: Mapping[str, nn.Module], data: Any) -> dict[str, Any] | None:
+        """What each model makes of one fixed input, for the report (``None``: nothing to
+        show)."""
+        return None
 
     def model_options(self, data: Any) -> dict[str, Any]:
         """Options a run offers every model's source (each takes those it names): the task,

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
 from .base import Batch, Metric, Task, logits_of
 
 IGNORE_INDEX = -100
@@ -41,6 +42,7 @@ class CausalLM(Task):
     )
     summary_metrics = ("loss", "perplexity", "token_accuracy")
     unit = "tokens"
+    data_kind = "text"
 
     def inputs(self, batch: Batch) -> tuple[tuple[Any, ...], dict[str, Any]]:
         kwargs = {"input_ids": batch["input_ids"]}
@@ -83,6 +85,44 @@ class CausalLM(Task):
             "count": mask.double().sum(dim=-1),
         }
 
+    def model_options(self, data: Any) -> dict[str, Any]:
+        return {"task": self.name, "vocab_size": data.vocab_size}
+
+    def check_model(self, model: nn.Module, data: Any) -> None:
+        vocab = vocab_size(model)
+        if vocab is not None and vocab < data.vocab_size:
+            raise ConfigError(
+                f"the model's vocabulary has {vocab} ids but the tokenizer makes "
+                f"{data.vocab_size}; give the model a vocab_size of at least {data.vocab_size}"
+            )
+
+    def samples(
+        self,
+        models: Mapping[str, nn.Module],
+        data: Any,
+        prompt_tokens: int = 32,
+        new_tokens: int = 48,
+    ) -> dict[str, Any] | None:
+        """The greedy continuation, by each model, of the first ``prompt_tokens`` tokens of
+        the first validation sequence: ``{"prompt": text, "continuations": {name: text}}``
+        (greedy decoding needs no seed, so it is the same on every run)."""
+        tokenizer = getattr(data, "tokenizer", None)
+        if tokenizer is None or len(data.val) == 0:
+            return None
+        first = data.val[0]
+        keep = first["labels"] != IGNORE_INDEX if "labels" in first else None
+        ids = first["input_ids"] if keep is None else first["input_ids"][keep]
+        prompt = ids[:prompt_tokens]
+        if len(prompt) < 2:
+            return None
+        return {
+            "prompt": tokenizer.decode(prompt.tolist()),
+            "continuations": {
+                name: tokenizer.decode(greedy(self, model, prompt, new_tokens).tolist())
+                for name, model in models.items()
+            },
+        }
+
     def reduce(self, sums: Mapping[str, float]) -> dict[str, float]:
         count = sums["count"]
         loss = sums["loss"] / count
@@ -91,3 +131,28 @@ class CausalLM(Task):
             "perplexity": math.exp(min(loss, 700.0)),
             "token_accuracy": sums["correct"] / count,
         }
+
+
+def vocab_size(model: nn.Module) -> int | None:
+    """The number of token ids a (Hugging Face) causal LM predicts, when it says."""
+    config = getattr(model, "config", None)
+    size = getattr(config, "vocab_size", None)
+    return size if isinstance(size, int) else None
+
+
+@torch.no_grad()
+def greedy(task: Task, model: nn.Module, prompt: torch.Tensor, new_tokens: int) -> torch.Tensor:
+    """The ``new_tokens`` ids a model predicts after ``prompt`` ``[L]``, one at a time, each
+    the most likely (a full forward per token: for the short samples of a report). The model's
+    train/eval mode is restored."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    ids = prompt.to(device)[None]
+    try:
+        for _ in range(new_tokens):
+            logits = logits_of(task.forward(model, {"input_ids": ids}))
+            ids = torch.cat([ids, logits[:, -1].argmax(dim=-1, keepdim=True)], dim=1)
+    finally:
+        model.train(was_training)
+    return ids[0, prompt.shape[0] :].cpu()
