@@ -135,3 +135,45 @@ def test_killed_two_process_run_resumes_to_the_same_weights(runs: dict) -> None:
     assert not (out / "summary.json").exists(), "killed before the end"
     run(out, runs["recipe"], 2, "--resume")
     assert_same(final_weights(runs["double"]), final_weights(out), atol=0)
+
+
+def test_a_language_model_recipe_takes_token_means_over_both_processes(tmp_path: Path) -> None:
+    """Completions of unequal lengths (the prompt carries no loss), so processes and batches
+    hold unequal token counts: a per-process or per-batch mean would differ from one process
+    with the global batch."""
+    pytest.importorskip("transformers")
+    records = tmp_path / "records.jsonl"
+    with records.open("w") as f:
+        for i in range(40):
+            prompt = "def f(x):\n" + "    x += 1\n" * (i % 5)
+            f.write(json.dumps({"prompt": prompt, "completion": "    return x" + "!" * (i % 7)}))
+            f.write("\n")
+    llama = {"model_type": "llama", "intermediate_size": 32, "num_attention_heads": 2,
+             "num_key_value_heads": 1, "max_position_embeddings": 128}
+    recipe = tmp_path / "lm.yaml"
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "seed": 0,
+                "task": "causal_lm",
+                "data": {"name": "jsonl", "files": [str(records)], "seq_len": 96,
+                         "subset": 32, "batch_size": 8, "test_fraction": 0},
+                "models": {
+                    "teacher": {"arch": "hf:", "config": {**llama, "hidden_size": 16,
+                                                          "num_hidden_layers": 2}},
+                    "student": {"arch": "hf:", "config": {**llama, "hidden_size": 8,
+                                                          "num_hidden_layers": 1}},
+                },
+                "train": {"epochs": 2, "optimizer": {"name": "adamw", "lr": 0.01}},
+                "stages": [
+                    {"method": "train", "model": "teacher"},
+                    {"method": "kd", "teacher": "teacher", "student": "student",
+                     "loss": {"kind": "reverse_kl"}},
+                ],
+            }
+        )
+    )
+    single, double = tmp_path / "single", tmp_path / "double"
+    run(single, recipe, 1, "--set", "data.batch_size=16")
+    run(double, recipe, 2)
+    assert_same(final_weights(single), final_weights(double), atol=1e-5)
