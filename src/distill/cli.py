@@ -53,32 +53,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import demo_recipe
+    from .demo import DEMO_TASKS, demo_recipe, gain_lines
     from .pipeline import Pipeline
     from .recipe import parse_recipe
     from .report import results_table
 
+    data = args.data or DEMO_TASKS[args.task]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    raw = demo_recipe(args.data, methods, data_dir=args.data_dir)
-    recipe = parse_recipe(raw, overrides=args.set or [], source=f"demo ({args.data})")
-    out = Path(args.out) if args.out else _fresh_dir(Path("runs") / f"demo-{args.data}")
+    raw = demo_recipe(data, methods, data_dir=args.data_dir)
+    recipe = parse_recipe(raw, overrides=args.set or [], source=f"demo ({data})")
+    out = Path(args.out) if args.out else _fresh_dir(Path("runs") / f"demo-{data}")
     args.resolved_out = str(out)
     pipeline = Pipeline(
         recipe, out, resume=args.resume, progress=not args.quiet, device=args.device
     )
+    teacher, student = (recipe.models[n] for n in ("teacher", "student"))
     pipeline.log(
-        f"distill {__version__} demo on {args.data}: teacher {raw['models']['teacher']['arch']}"
-        f", students {raw['models']['student']['arch']}; writing {out}"
+        f"distill {__version__} demo on {data}: teacher {teacher.arch}, students "
+        f"{student.arch}; writing {out}"
     )
     summary = pipeline.run()
     if pipeline.is_main:
         print()
         print(results_table(summary))
-        base = summary["models"]["student"].get("val_accuracy", 0.0)
-        for name in summary["models"]:
-            if name.startswith("student_"):
-                gain = 100 * (summary["models"][name]["val_accuracy"] - base)
-                print(f"{name}: {gain:+.2f} points over the student trained alone (validation)")
+        print("\n".join(gain_lines(summary)))
         print(f"\nwrote {out}/summary.json, metrics.jsonl, report.md and plots")
     return 0
 
@@ -153,7 +151,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo", help="train a teacher, a student alone and a distilled student; print a table"
     )
-    demo.add_argument("--data", default="digits", help="digits (default) or fashion-mnist")
+    demo.add_argument(
+        "--task",
+        default="image",
+        choices=["image", "lm"],
+        help="image: a classifier on digits (default); lm: a causal language model on the "
+        "Python standard library's source",
+    )
+    demo.add_argument(
+        "--data", default=None, help="digits (default for --task image), fashion-mnist"
+    )
     demo.add_argument(
         "--methods", default="kd", help="comma-separated methods to add, e.g. kd (default: kd)"
     )
@@ -229,8 +236,10 @@ def _resume_command(args: argparse.Namespace) -> str:
     if args.command == "run":
         return f"distill run {args.recipe} --out {out}{sets} --resume"
     if args.command == "demo":
+        data = f" --data {args.data}" if args.data else ""
         return (
-            f"distill demo --data {args.data} --methods {args.methods} --out {out}{sets} --resume"
+            f"distill demo --task {args.task}{data} --methods {args.methods} --out {out}{sets} "
+            "--resume"
         )
     return "the same command with --resume"
 
