@@ -49,6 +49,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print()
         print(results_table(summary))
         print(f"\nwrote {out}/summary.json, metrics.jsonl, report.md and plots")
+        for line in pipeline.tracking.where():
+            print(f"tracker logs: {line}")
     return 0
 
 
@@ -80,6 +82,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                 gain = 100 * (summary["models"][name]["val_accuracy"] - base)
                 print(f"{name}: {gain:+.2f} points over the student trained alone (validation)")
         print(f"\nwrote {out}/summary.json, metrics.jsonl, report.md and plots")
+        for line in pipeline.tracking.where():
+            print(f"tracker logs: {line}")
     return 0
 
 
