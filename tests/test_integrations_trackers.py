@@ -62,7 +62,10 @@ def test_tensorboard_events_are_written_and_read_back(
     # One step per epoch of the whole run: the teacher's epochs 1-2, then KD's 3-4.
     lines = epochs(out)
     assert [(r["stage"], r["epoch"]) for r in lines] == [
-        ("teacher", 1), ("teacher", 2), ("student_kd", 1), ("student_kd", 2)
+        ("teacher", 1),
+        ("teacher", 2),
+        ("student_kd", 1),
+        ("student_kd", 2),
     ]
     for step, line in enumerate(lines, start=1):
         stage, phase, model = line["stage"], line["phase"], line["model"]
@@ -126,7 +129,13 @@ def test_wandb_runs_offline_in_the_run_folder(
 def test_flatten_config_gives_dotted_scalar_keys() -> None:
     raw = {"a": {"b": 1, "c": [0.9, "x"], "d": None, "e": [], "f": True}, "g": "s"}
     assert flatten_config(raw) == {
-        "a.b": 1, "a.c.0": 0.9, "a.c.1": "x", "a.d": "null", "a.e": "[]", "a.f": True, "g": "s"
+        "a.b": 1,
+        "a.c.0": 0.9,
+        "a.c.1": "x",
+        "a.d": "null",
+        "a.e": "[]",
+        "a.f": True,
+        "g": "s",
     }
 
 

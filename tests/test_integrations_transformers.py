@@ -107,7 +107,9 @@ def test_accumulated_micro_batches_give_the_gradient_of_one_big_batch(
     trainer = DistillationTrainer(
         method,
         args=arguments(
-            tmp_path, per_device_train_batch_size=batch_size, gradient_accumulation_steps=4,
+            tmp_path,
+            per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=4,
             max_grad_norm=0.0,
         ),
         train_dataset=items,
@@ -182,8 +184,12 @@ def test_fitnets_hints_on_hidden_states_train_and_resume_the_regressor(tmp_path:
     teacher, student = llama(0, hidden_size=48), llama(1)
     items = sequences([5, 9, 7, 12])
     hints = FitNets(
-        teacher, student, collate_text(items), hint_layer="model.layers.1",
-        guided_layer="model.layers.0", task="causal_lm",
+        teacher,
+        student,
+        collate_text(items),
+        hint_layer="model.layers.1",
+        guided_layer="model.layers.0",
+        task="causal_lm",
     )
     head = student.lm_head.weight.clone()
     regressor = {k: v.clone() for k, v in hints.regressor.state_dict().items()}
@@ -204,11 +210,17 @@ def test_fitnets_hints_on_hidden_states_train_and_resume_the_regressor(tmp_path:
     # Resuming restores the regressor of the checkpoint.
     trained = {k: v.clone() for k, v in hints.regressor.state_dict().items()}
     fresh = FitNets(
-        llama(0, hidden_size=48), llama(1), collate_text(items), hint_layer="model.layers.1",
-        guided_layer="model.layers.0", task="causal_lm",
+        llama(0, hidden_size=48),
+        llama(1),
+        collate_text(items),
+        hint_layer="model.layers.1",
+        guided_layer="model.layers.0",
+        task="causal_lm",
     )
     again = DistillationTrainer(
-        fresh, args=arguments(tmp_path, max_steps=2), train_dataset=items,
+        fresh,
+        args=arguments(tmp_path, max_steps=2),
+        train_dataset=items,
         data_collator=collate_text,
     )
     again.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
@@ -242,8 +254,12 @@ def test_refuses_a_model_outside_the_method_or_a_teacher(tmp_path: Path) -> None
 def test_refuses_resuming_a_checkpoint_without_the_method_state(tmp_path: Path) -> None:
     items = sequences([5, 9])
     hints = FitNets(
-        llama(0, hidden_size=48), llama(1), collate_text(items), hint_layer="model.layers.1",
-        guided_layer="model.layers.0", task="causal_lm",
+        llama(0, hidden_size=48),
+        llama(1),
+        collate_text(items),
+        hint_layer="model.layers.1",
+        guided_layer="model.layers.0",
+        task="causal_lm",
     )
     trainer = DistillationTrainer(
         hints, args=arguments(tmp_path), train_dataset=items, data_collator=collate_text

@@ -257,8 +257,7 @@ class Tracking:
         step = sum(len(done.get("history", [])) for done in finished.values())
         step += int(record["epoch"])
         values: dict[str, float] = {
-            f"train/{stage}/{phase}/{part}": float(value)
-            for part, value in record["train"].items()
+            f"train/{stage}/{phase}/{part}": float(value) for part, value in record["train"].items()
         }
         if record.get("lr") is not None:
             values[f"lr/{stage}/{phase}"] = float(record["lr"])

@@ -190,7 +190,9 @@ class DistillationTrainer(transformers.Trainer):
     def method_parameters(self) -> list[nn.Parameter]:
         """Trainable parameters of the method's own modules (adapters, regressors)."""
         return [
-            p for module in self.method_modules.values() for p in module.parameters()
+            p
+            for module in self.method_modules.values()
+            for p in module.parameters()
             if p.requires_grad
         ]
 
@@ -222,8 +224,9 @@ class DistillationTrainer(transformers.Trainer):
         state = load_file(path)
         for name, module in self.method_modules.items():
             prefix = f"{name}."
-            module.load_state_dict({k[len(prefix):]: v for k, v in state.items()
-                                    if k.startswith(prefix)})
+            module.load_state_dict(
+                {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            )
 
     def create_optimizer(self, *args: Any, **kwargs: Any) -> torch.optim.Optimizer:
         """The Trainer's optimizer over the student, plus a group for the method's own
@@ -241,8 +244,9 @@ class DistillationTrainer(transformers.Trainer):
             optimizer.add_param_group({"params": missing, "weight_decay": self.args.weight_decay})
         return optimizer
 
-    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any,
-              **kwargs: Any) -> Any:
+    def train(
+        self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any
+    ) -> Any:
         """``transformers.Trainer.train``; resuming also restores the method's own modules."""
         if resume_from_checkpoint and self.method_state_dict():
             folder = resume_from_checkpoint
@@ -269,8 +273,9 @@ class DistillationTrainer(transformers.Trainer):
             for parent, name in self._slots:
                 setattr(parent, name, self.model)
 
-    def get_batch_samples(self, epoch_iterator: Any, num_batches: int, *args: Any,
-                          **kwargs: Any) -> tuple[list[Any], torch.Tensor | None]:
+    def get_batch_samples(
+        self, epoch_iterator: Any, num_batches: int, *args: Any, **kwargs: Any
+    ) -> tuple[list[Any], torch.Tensor | None]:
         """The step's micro-batches, and ``num_items_in_batch``: the positions the method's
         task applies losses to (labelled tokens), over all of them and every process."""
         batches, _ = super().get_batch_samples(epoch_iterator, num_batches, *args, **kwargs)
