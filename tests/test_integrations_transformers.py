@@ -267,3 +267,25 @@ def test_refuses_resuming_a_checkpoint_without_the_method_state(tmp_path: Path) 
     os.makedirs(tmp_path / "checkpoint-9")
     with pytest.raises(ValueError, match=f"has no {METHOD_STATE}"):
         trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-9"))
+
+
+# -- the README's example --------------------------------------------------------------------
+
+
+def test_readme_trainer_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_readme import code_after
+
+    code = code_after("<!-- example:hf-trainer -->")
+    assert len(code.strip().splitlines()) <= 25
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, Any] = {"__name__": "readme_example"}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    trainer, student = namespace["trainer"], namespace["student"]
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert logged and all({"ce", "kd"} <= set(entry) for entry in logged)
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "runs/hf-kd/student")
+    assert loaded.state_dict().keys() == student.state_dict().keys()  # no teacher in it
+    ids = torch.randint(0, 259, (2, 7), generator=torch.Generator().manual_seed(0))
+    student.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, student(input_ids=ids).logits)
