@@ -248,6 +248,7 @@ class DistillationTrainer(transformers.Trainer):
         self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any
     ) -> Any:
         """``transformers.Trainer.train``; resuming also restores the method's own modules."""
+        self._parts["train"] = PartMeans()
         if resume_from_checkpoint and self.method_state_dict():
             folder = resume_from_checkpoint
             if folder is True:
@@ -255,6 +256,11 @@ class DistillationTrainer(transformers.Trainer):
             if isinstance(folder, str):
                 self._load_method_state(folder)
         return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        """``transformers.Trainer.evaluate``; the loss parts it logs are this evaluation's."""
+        self._parts["eval"] = PartMeans()
+        return super().evaluate(*args, **kwargs)
 
     # -- the loss --------------------------------------------------------------------------
 
