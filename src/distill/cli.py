@@ -49,6 +49,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print()
         print(results_table(summary))
         print(f"\nwrote {out}/summary.json, metrics.jsonl, report.md and plots")
+        for line in pipeline.tracking.where():
+            print(f"tracker logs: {line}")
     return 0
 
 
@@ -78,6 +80,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(results_table(summary))
         print("\n".join(gain_lines(summary)))
         print(f"\nwrote {out}/summary.json, metrics.jsonl, report.md and plots")
+        for line in pipeline.tracking.where():
+            print(f"tracker logs: {line}")
     return 0
 
 
@@ -112,6 +116,17 @@ def _cmd_layers(args: argparse.Namespace) -> int:
     print(f"{'name':<{widths[0]}}  {'type':<{widths[1]}}  output shape")
     for name, kind, shape in rows:
         print(f"{name:<{widths[0]}}  {kind:<{widths[1]}}  {shape}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_model, parse_shape
+
+    shape = parse_shape(args.input_shape) if args.input_shape else None
+    job = export_model(
+        args.run, args.model, args.format, args.out, force=args.force, input_shape=shape
+    )
+    print(f"wrote {job.path} ({job.note})")
     return 0
 
 
@@ -184,6 +199,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     layers.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     layers.set_defaults(func=_cmd_layers)
+
+    export = sub.add_parser(
+        "export",
+        help="write a model a run trained for deployment: safetensors, a transformers folder "
+        "(hf) or ONNX",
+    )
+    export.add_argument("run", help="the run directory (the --out of distill run)")
+    export.add_argument("--model", required=True, help="the model's name in the run's recipe")
+    export.add_argument(
+        "--format", required=True, metavar="FORMAT", help="safetensors, hf (hf: models) or onnx"
+    )
+    export.add_argument(
+        "--out", help="file (folder for hf) to write; default RUN/export/NAME.safetensors, "
+        "RUN/export/NAME/ or RUN/export/NAME.onnx"
+    )
+    export.add_argument("--force", action="store_true", help="replace --out if it exists")
+    export.add_argument(
+        "--input-shape", metavar="C,H,W", help="onnx: the shape of one input (default: the "
+        "run's data)"
+    )
+    export.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    export.set_defaults(func=_cmd_export)
     return parser
 
 

@@ -8,9 +8,17 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import did_you_mean
+from .tracking import check_tracker_names
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -127,6 +135,10 @@ class TrainConfig(Strict):
 
     Several processes: ``sync_batchnorm`` converts the trained models' BatchNorm layers to
     SyncBatchNorm, so batch statistics are computed over the global batch (GPU only).
+
+    Trackers: ``log_with`` lists the experiment trackers that get the run's metrics
+    (``tensorboard``, ``mlflow``, ``wandb``; see :mod:`distill.tracking`). A run reads it from
+    the recipe's ``train`` section.
     """
 
     epochs: int = Field(10, gt=0)
@@ -139,6 +151,12 @@ class TrainConfig(Strict):
     channels_last: bool = False
     compile: bool = False
     sync_batchnorm: bool = False
+    log_with: list[str] = Field(default_factory=list)
+
+    @field_validator("log_with")
+    @classmethod
+    def _known_trackers(cls, names: list[str]) -> list[str]:
+        return check_tracker_names(names)
 
     @model_validator(mode="after")
     def _warmup_within_run(self) -> TrainConfig:

@@ -50,6 +50,7 @@ from .recipe import Recipe
 from .seeding import derive_seed, seed_everything
 from .tasks import get_task
 from .teachers import Teacher
+from .tracking import Tracking
 from .training import Trainer, evaluate, get_accelerator
 
 PROGRESS_FORMAT = "distill-progress/1"
@@ -97,6 +98,7 @@ class Pipeline:
         self._phase_data: Dataset | None = None
         self.state: dict[str, Any] = {}
         self.metrics: list[dict[str, Any]] = []
+        self.tracking = Tracking(recipe.train.log_with, main=self.is_main)
 
     # -- setup ---------------------------------------------------------------------------
 
@@ -208,6 +210,7 @@ class Pipeline:
     def run(self) -> dict[str, Any]:
         """Run every stage (skipping finished phases when resuming); return the summary."""
         self._prepare_out_dir()
+        self.tracking.start(self.out, self.recipe.raw, self.log)
         bundle = self._load_data()
         self._build_models(bundle)
         collate = bundle.collate or default_collate
@@ -273,6 +276,7 @@ class Pipeline:
             from .report import write_report
 
             write_report(self.out, summary, self._read_metrics())
+        self.tracking.finish(summary, self.out)
         return summary
 
     def _save_trained(self, names: list[str], stage_name: str, bundle: DataBundle) -> None:
@@ -315,6 +319,7 @@ class Pipeline:
 
         def on_epoch_end(record: dict[str, Any]) -> None:
             self._append_metrics(stage_name, phase.name, method_name, record)
+            self.tracking.log_epoch(stage_name, phase.name, record, self.state["phases"])
 
         trainer = Trainer(
             phase.config,
