@@ -35,8 +35,8 @@ from torch import nn
 from .errors import ConfigError, DistillError, did_you_mean
 from .files import atomic_write_bytes, safe_load
 from .models import create, load_model_weights
-from .models.hf import unwrap_model
 from .recipe import Recipe, load_recipe
+from .taps import unwrap
 from .tasks import get_task
 
 __all__ = ["FORMATS", "ONNX_TOLERANCE", "Export", "export_model", "load_trained", "parse_shape"]
@@ -73,7 +73,7 @@ class Export:
 
 
 def _is_transformers(model: nn.Module) -> bool:
-    return callable(getattr(unwrap_model(model), "save_pretrained", None))
+    return callable(getattr(unwrap(model), "save_pretrained", None))
 
 
 def write_safetensors(job: Export, out: Path) -> None:

@@ -57,7 +57,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "distill.integrations.transformers needs the transformers package: "
-        "pip install 'distill[hf]'"
+        "pip install transformers"
     ) from exc
 
 __all__ = ["METHOD_STATE", "DistillationTrainer", "PartMeans"]
