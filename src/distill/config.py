@@ -169,10 +169,15 @@ def merged_train(train: TrainConfig, overrides: dict[str, Any] | None) -> TrainC
 
 
 class DataConfig(Strict):
-    """Which data, how much of it, and how it is batched."""
+    """Which data, how much of it, and how it is batched.
+
+    ``image_size``: height = width of the images; a ``folder`` dataset decodes its images at
+    that size, other datasets are resized to it (``null``: the dataset's own size).
+    """
 
     name: str = "digits"
     dir: str | None = None
+    image_size: int | None = Field(None, gt=0)
     subset: int | None = Field(None, gt=0)
     val_fraction: float | None = Field(None, gt=0, lt=1)
     batch_size: int = Field(128, gt=0)
