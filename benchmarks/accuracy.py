@@ -22,6 +22,10 @@ are read back, interrupted ones continued, so the command can be re-run after a 
     python benchmarks/accuracy.py            # the benchmark (3 seeds; about an hour on 2 cores)
     python benchmarks/accuracy.py --quick    # smoke run: 1 seed, small budget, < 10 minutes;
                                              # writes only under runs/accuracy-quick/
+
+With ``--data cifar100 --data-dir DIR`` (the extracted ``cifar-100-binary`` folder), it runs
+RepDistiller's CIFAR-100 setting instead, for machines with a GPU (see :func:`cifar_main`):
+resnet32x4 -> resnet8x4 and wrn-40-2 -> wrn-16-2, 240 epochs, and writes its own section.
 """
 
 from __future__ import annotations
@@ -662,6 +666,182 @@ def plot(table: list[dict[str, Any]], title: str, path: Path) -> None:
     plt.close(fig)
 
 
+# -- CIFAR-100, RepDistiller's setting ---------------------------------------------------------
+
+CIFAR_BEGIN, CIFAR_END = "<!-- cifar100:begin -->", "<!-- cifar100:end -->"
+#: RepDistiller's two pairs used here (teacher, student).
+CIFAR_PAIRS = (("resnet32x4", "resnet8x4"), ("wrn-40-2", "wrn-16-2"))
+#: Published top-1 (RepDistiller): (teacher, student alone, KD) per pair.
+CIFAR_PUBLISHED = {
+    ("resnet32x4", "resnet8x4"): (79.42, 72.50, 73.33),
+    ("wrn-40-2", "wrn-16-2"): (75.61, 73.26, 74.92),
+}
+#: RepDistiller's schedule: SGD lr 0.05 (momentum 0.9, weight decay 5e-4), batch 64, 240
+#: epochs, lr x 0.1 at epochs 150, 180 and 210; KD with T = 4, 0.9 KD + 0.1 CE.
+CIFAR_EPOCHS, CIFAR_MILESTONES, CIFAR_BATCH = 240, (150, 180, 210), 64
+CIFAR_KD = {"temperature": 4.0, "alpha": 0.9}
+#: Share of the 50,000 training images held out for validation (RepDistiller trains on all).
+CIFAR_VAL_FRACTION = 0.02
+
+
+def cifar_budget(args: argparse.Namespace) -> dict[str, Any]:
+    """The CIFAR-100 budget: RepDistiller's, or the flags' (milestones scale with epochs)."""
+    epochs = args.epochs or CIFAR_EPOCHS
+    pairs = CIFAR_PAIRS
+    if args.pairs:
+        pairs = tuple(tuple(p.split(":", 1)) for p in args.pairs.split(","))  # type: ignore[misc]
+        if any(len(p) != 2 or not all(p) for p in pairs):
+            raise distill.ConfigError(
+                f"--pairs must be TEACHER:STUDENT[,TEACHER:STUDENT...], got {args.pairs!r}"
+            )
+    return {
+        "seeds": args.seeds or 3,
+        "subset": args.subset,
+        "epochs": epochs,
+        "teacher_epochs": args.teacher_epochs or epochs,
+        "batch_size": args.batch_size or CIFAR_BATCH,
+        "pairs": pairs,
+    }
+
+
+def cifar_train(epochs: int) -> dict[str, Any]:
+    """RepDistiller's optimizer and schedule over ``epochs`` (milestones at the same fractions
+    of the run as 150/180/210 of 240)."""
+    milestones = sorted({max(1, round(m * epochs / CIFAR_EPOCHS)) for m in CIFAR_MILESTONES})
+    return {
+        "epochs": epochs,
+        "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5.0e-4},
+        "schedule": {"name": "step", "milestones": milestones, "gamma": 0.1},
+    }
+
+
+def cifar_base(seed: int, b: dict[str, Any], data_dir: str, epochs: int) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "name": "cifar100",
+        "dir": data_dir,
+        "batch_size": b["batch_size"],
+        "augment": "standard",
+        "val_fraction": CIFAR_VAL_FRACTION,
+    }
+    if b["subset"]:
+        data["subset"] = b["subset"]
+    return {"seed": seed, "data": data, "train": cifar_train(epochs)}
+
+
+def cifar_recipes(
+    b: dict[str, Any], out: Path, data_dir: str, seed: int
+) -> tuple[list[tuple[str, dict[str, Any], Path]], dict[str, Any]]:
+    """The teachers' recipes ``(arch, recipe, run directory)`` and seed ``seed``'s recipe: per
+    pair, the student alone and the student with KD from the loaded teacher."""
+    teachers = []
+    models: dict[str, Any] = {}
+    stages: list[dict[str, Any]] = []
+    for i, (teacher, student) in enumerate(b["pairs"]):
+        recipe = cifar_base(0, b, data_dir, b["teacher_epochs"])
+        recipe["models"] = {"teacher": {"arch": teacher}}
+        recipe["stages"] = [{"method": "train", "model": "teacher"}]
+        directory = out / f"teacher-{teacher}"
+        teachers.append((teacher, recipe, directory))
+        models[f"teacher{i}"] = {
+            "arch": teacher,
+            "checkpoint": str(directory.resolve() / "checkpoints" / "teacher.pt"),
+        }
+        models[f"alone{i}"] = {"arch": student}
+        models[f"kd{i}"] = {"arch": student}
+        stages.append({"method": "train", "model": f"alone{i}"})
+        stages.append({"method": "kd", "teacher": f"teacher{i}", "student": f"kd{i}", **CIFAR_KD})
+    recipe = cifar_base(seed, b, data_dir, b["epochs"])
+    recipe["models"] = models
+    recipe["stages"] = stages
+    return teachers, recipe
+
+
+def cifar_section(
+    b: dict[str, Any], rows: list[dict[str, Any]], sizes: dict[str, int], wall: float
+) -> str:
+    """The docs section: last-epoch test accuracy per pair beside RepDistiller's."""
+    command = "python benchmarks/accuracy.py" + "".join(f" {a}" for a in sys.argv[1:])
+    lines = [
+        CIFAR_BEGIN,
+        f"**Budget.** CIFAR-100, {sizes['train']:,} training and {sizes['val']:,} validation "
+        f"images (a seeded split; RepDistiller trains on all 50,000), scores on the official "
+        f"{sizes['test']:,}-image test set after the last epoch. RepDistiller's schedule: batch "
+        f"{b['batch_size']}, SGD lr 0.05 (momentum 0.9, weight decay 5e-4), "
+        f"{b['epochs']} epochs (teachers {b['teacher_epochs']}), lr x 0.1 at "
+        f"{', '.join(map(str, cifar_train(b['epochs'])['schedule']['milestones']))}; standard "
+        f"augmentation (4-pixel padded crops, flips); KD with T = 4, alpha = 0.9. "
+        f"{b['seeds']} seed(s), teachers trained once (seed 0).",
+        "",
+        f"**Machine.** {machine()}; total wall time {wall / 3600:.1f} h.",
+        "",
+        "| pair | teacher | student alone | KD | gain | published (teacher / alone / KD) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        published = CIFAR_PUBLISHED.get(r["pair"])
+        shown = " / ".join(f"{v:.2f}" for v in published) if published else "–"
+        lines.append(
+            f"| `{r['pair'][0]}` → `{r['pair'][1]}` | {r['teacher']:.2f} | "
+            f"{r['alone'][0]:.2f} ± {r['alone'][1]:.2f} | {r['kd'][0]:.2f} ± {r['kd'][1]:.2f} | "
+            f"{r['gain'][0]:+.2f} ± {r['gain'][1]:.2f} | {shown} |"
+        )
+    lines += ["", f"Regenerate: `{command}`.", CIFAR_END]
+    return "\n".join(lines) + "\n"
+
+
+def cifar_main(args: argparse.Namespace) -> int:
+    """RepDistiller's CIFAR-100 pairs: each teacher trained once, then per seed every student
+    alone and with KD; a table of last-epoch test accuracies beside the published ones, in
+    ``OUT/cifar100.md`` and (unless ``--no-docs``) in docs/benchmarks.md between the cifar100
+    markers. 240 epochs of resnet32x4 are GPU work (hours); ``--epochs``, ``--subset`` and
+    ``--pairs`` make smaller runs."""
+    if not args.data_dir:
+        raise distill.ConfigError(
+            "--data cifar100 needs --data-dir: the extracted cifar-100-binary folder (binary "
+            "version, https://www.cs.toronto.edu/~kriz/cifar.html)"
+        )
+    b = cifar_budget(args)
+    out = Path(args.out or "runs/accuracy-cifar100")
+    teachers: dict[tuple[str, str], float] = {}
+    summaries = []
+    teacher_runs, _ = cifar_recipes(b, out, args.data_dir, 0)
+    wall = 0.0
+    for (arch, recipe, directory), pair in zip(teacher_runs, b["pairs"], strict=True):
+        summary = run(recipe, directory)
+        wall += summary["wall_seconds"]
+        teachers[pair] = 100 * summary["models"]["teacher"]["test_accuracy"]
+        print(f"teacher {arch}: {teachers[pair]:.2f}% test", flush=True)
+    for seed in range(b["seeds"]):
+        _, recipe = cifar_recipes(b, out, args.data_dir, seed)
+        summaries.append(run(recipe, out / f"seed-{seed}"))
+        wall += summaries[-1]["wall_seconds"]
+    rows = []
+    for i, pair in enumerate(b["pairs"]):
+        alone = [100 * s["models"][f"alone{i}"]["test_accuracy"] for s in summaries]
+        kd = [100 * s["models"][f"kd{i}"]["test_accuracy"] for s in summaries]
+        gain = [k - a for k, a in zip(kd, alone, strict=True)]
+        row = {
+            "pair": pair,
+            "teacher": teachers[pair],
+            "alone": mean_std(alone),
+            "kd": mean_std(kd),
+            "gain": mean_std(gain),
+        }
+        rows.append(row)
+        print(
+            f"{pair[0]} -> {pair[1]}: teacher {row['teacher']:.2f}, alone "
+            f"{row['alone'][0]:.2f}, KD {row['kd'][0]:.2f} ({row['gain'][0]:+.2f})",
+            flush=True,
+        )
+    section = cifar_section(b, rows, summaries[0]["data"], wall)
+    (out / "cifar100.md").write_text(section)
+    print(f"wrote {out / 'cifar100.md'}")
+    if not args.no_docs:
+        replace_section(DOCS, CIFAR_BEGIN, CIFAR_END, section, "## CIFAR-100")
+        print(f"wrote {DOCS.relative_to(ROOT)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="smoke run: 1 seed, small budget")
@@ -683,7 +863,22 @@ def main(argv: list[str] | None = None) -> int:
         help="skip the search of KD's T and alpha on the validation split; use T=4, alpha=0.9",
     )
     p.add_argument("--out", help="runs root (default runs/accuracy, runs/accuracy-quick)")
-    p.add_argument("--data-dir", help="folder of the Fashion-MNIST *-ubyte.gz files")
+    p.add_argument(
+        "--data",
+        choices=["fashion-mnist", "cifar100"],
+        default="fashion-mnist",
+        help="fashion-mnist (default; the CPU benchmark) or cifar100 (RepDistiller's setting, "
+        "for a GPU; needs --data-dir)",
+    )
+    p.add_argument(
+        "--pairs",
+        help="cifar100 only: TEACHER:STUDENT pairs, comma-separated (default "
+        "resnet32x4:resnet8x4,wrn-40-2:wrn-16-2)",
+    )
+    p.add_argument(
+        "--data-dir",
+        help="folder of the Fashion-MNIST *-ubyte.gz files, or of cifar-100-binary",
+    )
     p.add_argument(
         "--no-docs",
         action="store_true",
@@ -691,6 +886,10 @@ def main(argv: list[str] | None = None) -> int:
         "accuracy.md and accuracy.png under --out)",
     )
     args = p.parse_args(argv)
+    if args.data == "cifar100":
+        return cifar_main(args)
+    if args.pairs:
+        p.error("--pairs applies to --data cifar100 only")
     b = budget(args)
     for key in ("seeds", "epochs", "teacher_epochs", "hint_epochs", "batch_size"):
         if b[key] < 1:

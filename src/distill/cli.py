@@ -104,7 +104,9 @@ def _cmd_layers(args: argparse.Namespace) -> int:
             f"--input-size and --in-channels must be >= 1, got {args.input_size} and "
             f"{args.in_channels}"
         )
-    model = create(args.arch, num_classes=args.num_classes, in_channels=args.in_channels)
+    # Offered to any source that takes them (zoo, timm:, torchvision:, ...), as a run does.
+    offered = {"task": "classification", "num_classes": args.num_classes}
+    model = create(args.arch, defaults={**offered, "in_channels": args.in_channels})
     sample = torch.zeros(1, args.in_channels, args.input_size, args.input_size)
     rows = [
         (name, kind, "not run" if shape is None else str(list(shape)))
@@ -187,10 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     layers = sub.add_parser(
         "layers",
-        help="list a zoo model's layer names with their output shapes (to choose the layers "
-        "of fitnets and fsp)",
+        help="list a model's layer names with their output shapes (to choose the layers "
+        "of fitnets, fsp and at)",
     )
-    layers.add_argument("arch", help="a zoo architecture, e.g. resnet20 (see `distill models`)")
+    layers.add_argument(
+        "arch",
+        help="a model: a zoo architecture (resnet20; see `distill models`), timm:NAME or "
+        "torchvision:NAME (with `pip install 'distill[vision]'`)",
+    )
     layers.add_argument("--input-size", type=int, default=28, help="image height = width (28)")
     layers.add_argument("--in-channels", type=int, default=1, help="image channels (1)")
     layers.add_argument("--num-classes", type=int, default=10, help="classes (10)")

@@ -195,10 +195,13 @@ class DataConfig(Strict):
     the standard library is), ``tokenizer`` (``byte`` or a local Hugging Face tokenizer
     folder), ``seq_len``, ``subset`` (training sequences), ``val_fraction``,
     ``test_fraction``, ``max_files`` and ``split_by`` (``auto``, ``file`` or ``block``).
+    ``image_size``: height = width of the images; a ``folder`` dataset decodes its images at
+    that size, other datasets are resized to it (``null``: the dataset's own size).
     """
 
     name: str = "digits"
     dir: str | None = None
+    image_size: int | None = Field(None, gt=0)
     subset: int | None = Field(None, gt=0)
     val_fraction: float | None = Field(None, gt=0, lt=1)
     batch_size: int = Field(128, gt=0)

@@ -46,6 +46,7 @@ from .errors import CheckpointError, ConfigError, DataError, DistillError
 from .files import atomic_save, atomic_write_json, atomic_write_text, safe_load
 from .methods import Phase, StageContext, TeacherFields
 from .models import count_parameters, create, load_model_weights, save_model, save_trained
+from .models.normalization import Renormalize, forget_input_normalization, renormalizer
 from .recipe import Recipe
 from .seeding import derive_seed, seed_everything
 from .tasks import get_task
@@ -96,6 +97,8 @@ class Pipeline:
         self._phase: tuple[str, str] | None = None
         self._phase_teachers: list[Teacher] = []
         self._phase_data: Dataset | None = None
+        # Models whose teacher inputs are re-normalised: name -> the line said about it.
+        self.notes: dict[str, str] = {}
         self.state: dict[str, Any] = {}
         self.metrics: list[dict[str, Any]] = []
         self.tracking = Tracking(recipe.train.log_with, main=self.is_main)
@@ -203,6 +206,7 @@ class Pipeline:
                     )
                 except CheckpointError as exc:
                     raise CheckpointError(f"models.{name}.checkpoint: {exc}") from None
+                forget_input_normalization(model)  # a run's checkpoint: trained on the data's
             self.models[name] = model
 
     # -- running -------------------------------------------------------------------------
@@ -211,6 +215,7 @@ class Pipeline:
         """Run every stage (skipping finished phases when resuming); return the summary."""
         self._prepare_out_dir()
         self.tracking.start(self.out, self.recipe.raw, self.log)
+        self.notes.update(self.state.get("notes", {}))  # said by phases finished before a resume
         bundle = self._load_data()
         self._build_models(bundle)
         collate = bundle.collate or default_collate
@@ -221,7 +226,7 @@ class Pipeline:
             task=self.task,
             train_size=len(bundle.train),
             seed=self.recipe.seed,
-            trained={n for n, m in self.recipe.models.items() if m.checkpoint},
+            trained={n for n, m in self.recipe.models.items() if m.checkpoint or m.weights},
             make_teacher=lambda name, settings, temperature: self._teacher(
                 name, settings, temperature, bundle
             ),
@@ -240,6 +245,8 @@ class Pipeline:
                 stage_seconds += record["seconds"]
                 phase_results.append(record)
             ctx.trained.update(spec.produces())
+            for name in spec.produces():  # trained here: it now takes the data's normalisation
+                forget_input_normalization(self.models[name])
             if self.is_main:
                 self._save_trained(spec.produces(), stage_name, bundle)
             primary = self.task.primary.name
@@ -379,7 +386,8 @@ class Pipeline:
         settings: its precision, and, with ``cache: teacher``, an output cache under
         ``cache/<stage>/<phase>/`` (the phase then trains on the cache's views of the data)."""
         precision = settings.teacher_precision if settings is not None else "fp32"
-        teacher = Teacher(self.models[name], self.task, precision)
+        renorm = self._renormalizer(name, bundle)
+        teacher = Teacher(self.models[name], self.task, precision, renormalize=renorm)
         cache_settings = settings.cache_settings() if settings is not None else None
         if cache_settings is None or self._phase is None:
             return teacher
@@ -393,6 +401,7 @@ class Pipeline:
             "views": views.views,
             "seed": self.recipe.seed,
             "teacher_precision": precision,
+            "renormalize": renorm.describe() if renorm is not None else None,
             "temperature": temperature if cache_settings.topk else None,
             "settings": [cache_settings.store, cache_settings.dtype, cache_settings.topk],
         }
@@ -412,6 +421,38 @@ class Pipeline:
         self._phase_teachers.append(teacher)
         self._phase_data = views
         return teacher
+
+    def _renormalizer(self, name: str, bundle: DataBundle) -> Renormalize | None:
+        """What takes the data's normalisation to the one model ``name`` expects (its
+        ``input_mean``/``input_std``, e.g. a timm model's ``pretrained_cfg``), or None when they
+        agree or either is unknown; said once per model in the log and the report (when a
+        phase is built, not in the checks before the run)."""
+        model = self.models[name]
+        mean, std = input_normalization_of(bundle)
+        try:
+            renorm = renormalizer(mean, std, model)
+        except ConfigError as exc:
+            raise ConfigError(f"models.{name}: {exc}") from None
+        if self._phase is None or name in self.notes:
+            return renorm
+        arch = getattr(model, "arch", type(model).__name__)
+        if renorm is not None:
+            self.notes[name] = (
+                f"Teacher `{name}` ({arch}) expects other input normalisation than the data: "
+                f"its inputs are re-normalised {renorm.describe()}, "
+                "x_t = ((x·std_d + mean_d) − mean_t)/std_t."
+            )
+        elif mean is None and getattr(model, "input_mean", None) is not None:
+            self.notes[name] = (
+                f"Teacher `{name}` ({arch}) expects inputs normalised with mean "
+                f"{list(model.input_mean)} and std {list(model.input_std)}, but the data's "
+                "normalisation is unknown (a dataset given without mean/std): its inputs are "
+                "not re-normalised."
+            )
+        if name in self.notes:
+            self.log(self.notes[name])
+            self.state["notes"] = dict(self.notes)  # saved with the phase's progress
+        return renorm
 
     # -- metrics -------------------------------------------------------------------------
 
@@ -479,20 +520,24 @@ class Pipeline:
         splits = {"val": bundle.val, "test": bundle.test}
         models: dict[str, Any] = {}
         for name, spec in self.recipe.models.items():
-            if name not in trained_by and not spec.checkpoint:
+            if name not in trained_by and not spec.checkpoint and not spec.weights:
                 continue  # declared but never trained nor loaded: nothing to report
             model = self.models[name]
             entry: dict[str, Any] = {
                 "arch": spec.arch,
                 "params": count_parameters(model),
-                "trained_by": trained_by.get(name, "checkpoint"),
+                "trained_by": trained_by.get(name, "checkpoint" if spec.checkpoint else "weights"),
                 "seconds": round(seconds.get(name, 0.0), 2),
             }
+            # A teacher used as given (weights) is scored on inputs it expects, as it taught.
+            renorm = renormalizer(*input_normalization_of(bundle), model)
+            device = next(iter(model.parameters()), torch.empty(0)).device
+            scored = model if renorm is None else nn.Sequential(renorm.to(device), model)
             for split, dataset in splits.items():
                 if dataset is None:
                     continue
                 found = evaluate(
-                    model,
+                    scored,
                     dataset,
                     self.task,
                     batch_size=batch,
@@ -517,7 +562,14 @@ class Pipeline:
             },
             "models": models,
             "stages": stages,
+            **({"notes": list(self.notes.values())} if self.notes else {}),
         }
+
+
+def input_normalization_of(data: Any) -> tuple[Any, Any]:
+    """The per-channel mean and std the data's inputs were normalised with (``None`` for data
+    that has none, such as text)."""
+    return getattr(data, "mean", None), getattr(data, "std", None)
 
 
 def run_recipe(

@@ -244,9 +244,9 @@ def _parse_stage(
 
 
 def _check_dependencies(recipe: Recipe) -> None:
-    """Every teacher must be trained by an earlier stage or loaded from a checkpoint; no model
-    teaches itself."""
-    available = {name for name, m in recipe.models.items() if m.checkpoint}
+    """Every teacher must be trained by an earlier stage or loaded from a checkpoint or weights
+    file; no model teaches itself."""
+    available = {name for name, m in recipe.models.items() if m.checkpoint or m.weights}
     for index, spec in enumerate(recipe.stages):
         produced = spec.produces()
         for name in spec.uses():
@@ -258,7 +258,7 @@ def _check_dependencies(recipe: Recipe) -> None:
             if name not in available:
                 raise ConfigError(
                     f"stages.{index}: model {name!r} is used as a teacher but no earlier stage "
-                    f"trains it and models.{name} has no checkpoint; add a stage "
+                    f"trains it and models.{name} has no checkpoint (nor weights); add a stage "
                     f"{{method: train, model: {name}}} before this one or set "
                     f"models.{name}.checkpoint"
                 )

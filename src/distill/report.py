@@ -227,6 +227,7 @@ def write_report(out: str | Path, summary: dict[str, Any], metrics: list[dict[st
         f"Recipe: `{summary['recipe']}` · seed {summary.get('seed', 0)} · task {task.name} · "
         f"data: {data['name']} ({split})",
         "",
+        *(line for note in summary.get("notes", []) for line in (note, "")),
         "## Models",
         "",
         results_table(summary, markdown=True),

@@ -58,6 +58,10 @@ class Teacher(nn.Module):
             to run the teacher, only, under that autocast. Outputs are float32 either way.
         store: optional :class:`OutputStore` (e.g. a :class:`~distill.cache.TeacherCache`);
             then the model runs only for samples whose outputs are not stored yet.
+        renormalize: optional module applied to the images ``batch["inputs"]`` before the
+            model sees them (its logits and its tapped features alike), e.g. a
+            :class:`~distill.models.normalization.Renormalize` when the model expects another
+            input normalisation than the data's. Tapped layer names stay the model's own.
 
     Attributes:
         calls: forward passes of the model so far (a store's hits do not count).
@@ -69,6 +73,7 @@ class Teacher(nn.Module):
         task: str | Task = "classification",
         precision: str = "fp32",
         store: OutputStore | None = None,
+        renormalize: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if isinstance(module, Teacher):
@@ -81,6 +86,7 @@ class Teacher(nn.Module):
         self.task = get_task(task)
         self.precision = precision
         self.store = store
+        self.renormalize = renormalize
         self.calls = 0
 
     def train(self, mode: bool = True) -> Teacher:
@@ -98,6 +104,7 @@ class Teacher(nn.Module):
     def compute(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """Run the model on ``batch`` (bypassing any store)."""
         self.calls += 1
+        batch = self._inputs(batch)
         with autocast(batch_device(batch), self.precision):
             return self.task.logits(self.module, batch).float()
 
@@ -105,10 +112,16 @@ class Teacher(nn.Module):
     def features(self, batch: Mapping[str, Any], layers: Sequence[str]) -> dict[str, torch.Tensor]:
         """Outputs of the named submodules on ``batch`` (no graph). The forward stops after the
         last of them, so later layers do not run."""
-        args, kwargs = self.task.inputs(batch)
+        args, kwargs = self.task.inputs(self._inputs(batch))
         self.calls += 1
         with autocast(batch_device(batch), self.precision), Taps(self.module, layers) as taps:
             return taps.run_until_captured(*args, **kwargs)
+
+    def _inputs(self, batch: Mapping[str, Any]) -> Mapping[str, Any]:
+        """``batch`` with its images re-normalised for the model (itself when no need)."""
+        if self.renormalize is None or "inputs" not in batch:
+            return batch
+        return {**batch, "inputs": self.renormalize(batch["inputs"])}
 
     def flush(self) -> None:
         """Make the store's contents durable (called at every epoch end)."""

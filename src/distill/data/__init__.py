@@ -1,4 +1,5 @@
-"""Datasets: the built-in ones (digits, Fashion-MNIST), user-registered ones and user datasets.
+"""Datasets: the built-in ones (digits, Fashion-MNIST), users' image folders, CIFAR-10/100 from
+their binary files, user-registered ones and user datasets.
 
 ``load_data(name, ...)`` looks ``name`` up in :data:`DATASETS`, normalises the images with the
 dataset's per-channel constants, keeps the first ``subset`` training images, carves a seeded
@@ -15,12 +16,15 @@ Or wrap existing ``torch.utils.data.Dataset`` objects with :func:`bundle_from_da
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 import os
 from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from distill.data.augment import AUGMENTATIONS, standard_augment
 from distill.data.builtin import load_digits, load_fashion_mnist
@@ -34,6 +38,8 @@ from distill.data.bundle import (
     split_indices,
     validate_val_fraction,
 )
+from distill.data.cifar import load_cifar10, load_cifar100
+from distill.data.folder import load_folder
 from distill.data.text import TEXT_DATASETS, TextData, load_text_data
 from distill.errors import ConfigError, DataError, did_you_mean
 
@@ -52,10 +58,14 @@ __all__ = [
 ]
 
 #: Dataset name -> loader. A loader is called with no arguments, or with ``dir=...`` when the
-#: caller gives a directory, and returns :class:`RawData`.
+#: caller gives a directory (and ``image_size=...`` when it takes that keyword and the caller
+#: gives a size), and returns :class:`RawData`.
 DATASETS: dict[str, Callable[..., RawData]] = {
     "digits": load_digits,
     "fashion-mnist": load_fashion_mnist,
+    "folder": load_folder,
+    "cifar10": load_cifar10,
+    "cifar100": load_cifar100,
 }
 
 LoaderT = Callable[..., RawData]
@@ -93,9 +103,9 @@ def _check_raw(raw: object, name: str) -> RawData:
         raise DataError(
             f"the loader of dataset {name!r} returned {type(raw).__name__}, not RawData"
         )
-    for split in ("train", "test"):
+    for split in ("train", "val", "test"):
         x, y = getattr(raw, f"{split}_x"), getattr(raw, f"{split}_y")
-        if split == "test" and x is None and y is None:
+        if split != "train" and x is None and y is None:
             continue
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
             shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
@@ -112,11 +122,13 @@ def _check_raw(raw: object, name: str) -> RawData:
             raise DataError(f"dataset {name!r}: {split}_y must hold integer labels; got {y.dtype}")
     if raw.train_x.shape[0] == 0:
         raise DataError(f"dataset {name!r} has no training images")
-    if raw.test_x is not None and raw.test_x.shape[1:] != raw.train_x.shape[1:]:
-        raise DataError(
-            f"dataset {name!r}: test images are {list(raw.test_x.shape[1:])} but training images "
-            f"are {list(raw.train_x.shape[1:])}"
-        )
+    for split in ("val", "test"):
+        x = getattr(raw, f"{split}_x")
+        if x is not None and x.shape[1:] != raw.train_x.shape[1:]:
+            raise DataError(
+                f"dataset {name!r}: {split} images are {list(x.shape[1:])} but training images "
+                f"are {list(raw.train_x.shape[1:])}"
+            )
     if isinstance(raw.num_classes, bool) or not isinstance(raw.num_classes, int):
         raise DataError(f"dataset {name!r}: num_classes must be an int; got {raw.num_classes!r}")
     if raw.num_classes < 1:
@@ -129,7 +141,9 @@ def _channel_stats(raw: RawData, name: str) -> tuple[tuple[float, ...], tuple[fl
     if raw.mean is None or raw.std is None:
         x = raw.train_x.double().transpose(0, 1).reshape(channels, -1)
         mean = tuple(x.mean(dim=1).tolist()) if raw.mean is None else tuple(raw.mean)
-        std = tuple(x.std(dim=1).tolist()) if raw.std is None else tuple(raw.std)
+        # A channel that never varies (e.g. no green anywhere) is only centred: std 1.
+        computed = [s if s > 0 else 1.0 for s in x.std(dim=1).tolist()]
+        std = tuple(computed) if raw.std is None else tuple(raw.std)
     else:
         mean, std = tuple(raw.mean), tuple(raw.std)
     if len(mean) != channels or len(std) != channels:
@@ -150,6 +164,7 @@ def load_data(
     val_fraction: float | None = None,
     seed: int = 0,
     augment: str = "none",
+    image_size: int | None = None,
 ) -> DataBundle:
     """Load a registered dataset as a :class:`DataBundle`.
 
@@ -158,13 +173,18 @@ def load_data(
         dir: where the dataset's files are; passed to the loader (default: its search path).
         subset: keep only the first ``subset`` training images (2 ≤ subset ≤ available).
         val_fraction: share of the (subset of) training images held out for validation, in
-            (0, 1); ``ceil(N * val_fraction)`` images. Default: the dataset's own.
+            (0, 1); ``ceil(N * val_fraction)`` images. Default: the dataset's own. Not used
+            when the dataset has a validation split of its own (a folder's ``val/``).
         seed: seeds the train/validation permutation.
         augment: ``"none"``, or ``"standard"`` (random crop with padding + horizontal flip on
             training items only; see :func:`standard_augment`).
+        image_size: height = width of the images. A loader that takes ``image_size`` (the
+            ``folder`` dataset) decodes at that size; the images of other datasets are resized
+            (bilinear, antialiased) after loading. ``None``: the dataset's own size.
 
     Every split holds normalised float32 images ``[C, H, W]`` and int64 labels in memory.
-    ``test`` is the dataset's official test split (whole, never subset), or None.
+    ``test`` is the dataset's official test split (whole, never subset), or None. The bundle's
+    ``mean`` and ``std`` are the constants used.
     """
     if name not in DATASETS:
         known = ", ".join(sorted(DATASETS))
@@ -180,9 +200,19 @@ def load_data(
         raise ConfigError(f"subset must be an integer number of images or null; got {subset!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(f"seed must be an integer; got {seed!r}")
+    if image_size is not None and (
+        isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1
+    ):
+        raise ConfigError(f"image_size must be a positive integer or null; got {image_size!r}")
 
     loader = DATASETS[name]
-    raw = _check_raw(loader(dir=dir) if dir is not None else loader(), name)
+    options: dict[str, object] = {} if dir is None else {"dir": dir}
+    sized = image_size is not None and "image_size" in inspect.signature(loader).parameters
+    if sized:
+        options["image_size"] = image_size
+    raw = _check_raw(loader(**options), name)
+    if image_size is not None and not sized:
+        raw = _resized(raw, image_size)
     if val_fraction is None:
         val_fraction = validate_val_fraction(raw.default_val_fraction)
 
@@ -198,8 +228,15 @@ def load_data(
     check_labels(train_y, raw.num_classes, f"dataset {name!r} (train)")
 
     mean, std = _channel_stats(raw, name)
-    train_idx, val_idx = split_indices(train_x.shape[0], val_fraction, seed)
     train_x = normalise(train_x, mean, std)
+    if raw.val_x is not None and raw.val_y is not None:
+        val_y = raw.val_y.long()
+        check_labels(val_y, raw.num_classes, f"dataset {name!r} (val)")
+        val = TensorImageDataset(normalise(raw.val_x, mean, std), val_y)
+    else:
+        train_idx, val_idx = split_indices(train_x.shape[0], val_fraction, seed)
+        val = TensorImageDataset(train_x[val_idx], train_y[val_idx])
+        train_x, train_y = train_x[train_idx], train_y[train_idx]
 
     transform = None
     if augment == "standard":
@@ -214,18 +251,36 @@ def load_data(
 
     return DataBundle(
         name=name,
-        train=TensorImageDataset(train_x[train_idx], train_y[train_idx], transform=transform),
-        val=TensorImageDataset(train_x[val_idx], train_y[val_idx]),
+        train=TensorImageDataset(train_x, train_y, transform=transform),
+        val=val,
         test=test,
         num_classes=raw.num_classes,
         in_channels=int(train_x.shape[1]),
         image_size=(int(train_x.shape[2]), int(train_x.shape[3])),
+        mean=tuple(float(m) for m in mean),
+        std=tuple(float(s) for s in std),
+    )
+
+
+def _resized(raw: RawData, size: int) -> RawData:
+    """``raw`` with every split's images resized to ``size`` x ``size`` (bilinear, antialiased,
+    on pixel values, before normalisation)."""
+
+    def resize(x: torch.Tensor | None) -> torch.Tensor | None:
+        if x is None or tuple(x.shape[-2:]) == (size, size):
+            return x
+        return F.interpolate(
+            x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        ).clamp_(0.0, 1.0)
+
+    return dataclasses.replace(
+        raw, train_x=resize(raw.train_x), val_x=resize(raw.val_x), test_x=resize(raw.test_x)
     )
 
 
 #: DataConfig fields that only text sets take, and those only image sets take.
 TEXT_FIELDS = ("files", "tokenizer", "seq_len", "test_fraction", "max_files", "split_by")
-IMAGE_FIELDS = ("augment",)
+IMAGE_FIELDS = ("augment", "image_size")
 
 
 def load(config: Any, seed: int = 0) -> DataBundle | TextData:
@@ -259,6 +314,7 @@ def load(config: Any, seed: int = 0) -> DataBundle | TextData:
             val_fraction=config.val_fraction,
             seed=seed,
             augment=config.augment,
+            image_size=config.image_size,
         )
     options: dict[str, Any] = {"seed": seed}
     for field in ("files", "tokenizer", "seq_len", "subset", "val_fraction", "test_fraction",

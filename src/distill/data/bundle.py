@@ -33,6 +33,8 @@ class RawData:
         train_y: int64 ``[N]``, class indices in ``[0, num_classes)``.
         test_x: float32 ``[M, C, H, W]`` for an official test split, else ``None``.
         test_y: int64 ``[M]``, or ``None``.
+        val_x, val_y: a validation split of the dataset's own (e.g. a ``val/`` folder), used
+            as is instead of a share of the training images; ``None`` otherwise.
         num_classes: number of classes.
         mean, std: per-channel constants (``C`` floats each) used to normalise every split.
             ``None`` means "compute them from ``train_x``".
@@ -48,6 +50,8 @@ class RawData:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     default_val_fraction: float = 0.2
+    val_x: torch.Tensor | None = None
+    val_y: torch.Tensor | None = None
 
 
 @dataclass
@@ -56,7 +60,10 @@ class DataBundle:
 
     Every item is ``(image, label)``: image float32 ``[C, H, W]`` (normalised), label an int64
     scalar tensor. Only ``train`` is ever augmented. ``collate`` turns a list of dict items
-    into a batch (``None``: PyTorch's default stacking).
+    into a batch (``None``: PyTorch's default stacking). ``mean`` and ``std`` are the
+    per-channel constants the images were normalised with (``(x - mean) / std`` for pixel
+    values ``x`` in ``[0, 1]``), ``None`` when unknown (users' own datasets); a teacher that
+    expects other constants has its inputs re-normalised from these.
     """
 
     name: str
@@ -67,6 +74,8 @@ class DataBundle:
     in_channels: int
     image_size: tuple[int, int]
     collate: Callable[[list[Any]], Any] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
     #: What the items are (a task says which kind it needs).
     kind: ClassVar[str] = "images"
@@ -197,6 +206,8 @@ def bundle_from_datasets(
     val_fraction: float = 0.2,
     seed: int = 0,
     name: str = "custom",
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
 ) -> DataBundle:
     """Wrap a user's own datasets in a :class:`DataBundle`.
 
@@ -206,7 +217,9 @@ def bundle_from_datasets(
     from the first training image. Labels are read once to check them and, when
     ``num_classes`` is not given, to infer it as the largest label + 1. When ``val`` is None, a
     seeded ``ceil(len(train) * val_fraction)`` share of ``train`` becomes validation (both
-    sides are :class:`torch.utils.data.Subset` views of ``train``).
+    sides are :class:`torch.utils.data.Subset` views of ``train``). ``mean`` and ``std``, if
+    given, say how the images were normalised (one value per channel), so that a teacher
+    expecting another normalisation has its inputs re-normalised.
     """
     val_fraction = validate_val_fraction(val_fraction)
     if num_classes is not None and (
@@ -257,6 +270,8 @@ def bundle_from_datasets(
         num_classes=num_classes,
         in_channels=int(image.shape[0]),
         image_size=(int(image.shape[1]), int(image.shape[2])),
+        mean=None if mean is None else tuple(float(m) for m in mean),
+        std=None if std is None else tuple(float(s) for s in std),
     )
 
 

@@ -6,9 +6,11 @@ model = create("resnet20", num_classes=10, in_channels=1)   # our zoo: a bare na
 ```
 
 ``create(arch, **options)`` splits ``arch`` at its first ``:``: a registered prefix picks the
-source (``hf:``, ``timm:``, ``torchvision:`` when available) and the rest is the name within
-it; a name without a prefix is a zoo architecture (:mod:`distill.models.zoo`). A source is one
-function ``source(name, **options) -> nn.Module``; add one with :func:`register_source`.
+source (``hf:``, ``timm:``, ``torchvision:``) and the rest is the name within it; a name without
+a prefix is a zoo architecture (:mod:`distill.models.zoo`). A source is one function
+``source(name, **options) -> nn.Module``; add one with :func:`register_source`. The ``hf:``,
+``timm:`` and ``torchvision:`` sources import their packages only when a model is made
+(``pip install 'distill[vision]'`` for the last two).
 """
 
 from __future__ import annotations
@@ -23,8 +25,11 @@ from torch import nn
 from distill.errors import ConfigError
 from distill.models.cnn import PlainCNN
 from distill.models.hf import create_hf, save_hf
+from distill.models.normalization import input_normalization, set_input_normalization
 from distill.models.resnet import CifarResNet
 from distill.models.saving import load_model_weights, save_model, save_safetensors
+from distill.models.timm import create_timm
+from distill.models.torchvision import create_torchvision
 from distill.models.wrn import WideResNet
 from distill.models.zoo import MODELS, available, create_zoo, family, register
 
@@ -39,6 +44,7 @@ __all__ = [
     "count_parameters",
     "create",
     "family",
+    "input_normalization",
     "load_model_weights",
     "register",
     "register_source",
@@ -46,6 +52,7 @@ __all__ = [
     "save_model",
     "save_safetensors",
     "save_trained",
+    "set_input_normalization",
 ]
 
 Source = Callable[..., nn.Module]
@@ -127,6 +134,10 @@ def create(arch: str, *, defaults: dict[str, Any] | None = None, **options: Any)
     model = source(name, **options)
     model.arch = arch
     return model
+
+
+register_source("timm")(create_timm)
+register_source("torchvision")(create_torchvision)
 
 
 def count_parameters(model: nn.Module) -> int:
