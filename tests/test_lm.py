@@ -63,7 +63,7 @@ def lm_recipe(corpus: Path) -> dict[str, Any]:
             {"method": "train", "model": "teacher"},
             {"method": "train", "model": "student"},
             {"method": "kd", "teacher": "teacher", "student": "student_kd", "temperature": 1.0,
-             "alpha": 0.5, "loss": {"kind": "jsd", "beta": 0.5}},
+             "alpha": 0.5, "loss": {"kind": "jsd", "beta": 0.5}, "cache": "teacher"},
         ],
     }
 
@@ -81,6 +81,9 @@ def test_a_recipe_distils_a_causal_lm_and_writes_what_users_read(
         assert ppl == pytest.approx(torch.tensor(loss).exp().item(), rel=1e-6)
         assert 0 <= entry[f"{split}_token_accuracy"] <= 1
     assert summary["stages"][2]["loss"] == {"kind": "jsd", "beta": 0.5, "skew": 0.1}
+    # The teacher's token logits were cached: it ran once per training batch, then never.
+    cache = json.loads((out / "progress.json").read_text())["phases"]["student_kd/kd"]["cache"]
+    assert cache["filled"] == 1.0 and cache["teacher_calls"] == -(-summary["data"]["train"] // 16)
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert {"val_loss", "val_perplexity", "val_token_accuracy"} <= set(lines[-1])
     assert set(lines[-1]["train"]) == {"ce", "kd", "loss"}

@@ -64,22 +64,25 @@ def model_fingerprint(model: nn.Module) -> str:
 
 
 def dataset_fingerprint(dataset: Dataset) -> str:
-    """A hash of the training data: the whole image tensor when the dataset exposes one (the
-    built-in datasets do), else its length and a sample of items."""
+    """A hash of the training data: the whole tensors when the dataset exposes them (the
+    built-in image sets' ``images`` and ``labels``, the packed text sets' ``tokens``), else its
+    length and a sample of items."""
     h = hashlib.sha256()
     base = dataset.base if isinstance(dataset, ViewDataset) else dataset
-    images = getattr(base, "images", None)
-    labels = getattr(base, "labels", None)
-    if isinstance(images, torch.Tensor) and isinstance(labels, torch.Tensor):
-        tensor_digest(h.update, images)
-        tensor_digest(h.update, labels)
-    else:
-        n = len(base)
-        h.update(str(n).encode())
-        for i in sorted({0, n // 3, n // 2, n - 1} if n else set()):
-            x, y = base[i][:2]
-            tensor_digest(h.update, torch.as_tensor(x))
-            h.update(str(int(y)).encode())
+    tensors = [getattr(base, name, None) for name in ("images", "labels", "tokens", "starts")]
+    if any(isinstance(t, torch.Tensor) for t in tensors):
+        for tensor in tensors:
+            if isinstance(tensor, torch.Tensor):
+                tensor_digest(h.update, tensor)
+    h.update(str(len(base)).encode())
+    n = len(base)
+    for i in sorted({0, n // 3, n // 2, n - 1} if n else set()):
+        for key, value in sorted(as_item(base[i], i).items()):
+            h.update(key.encode())
+            if isinstance(value, torch.Tensor):
+                tensor_digest(h.update, value)
+            else:
+                h.update(repr(value).encode())
     return h.hexdigest()[:16]
 
 
