@@ -72,15 +72,17 @@ def test_loss_is_ce_plus_weighted_relations(standardize: bool) -> None:
     assert distill.DIST is DIST
 
 
-def test_defaults_are_the_authors_code_settings() -> None:
+def test_defaults_are_the_cifar_setting() -> None:
     teacher, student = make_pair()
     method = DIST(teacher, student)
     assert (method.beta, method.gamma, method.temperature, method.standardize) == (
-        1.0,
-        1.0,
-        1.0,
+        2.0,
+        2.0,
+        4.0,
         False,
     )
+    spec = METHODS["dist"].model_validate({"method": "dist", "teacher": "t", "student": "s"})
+    assert (spec.beta, spec.gamma, spec.temperature) == (2.0, 2.0, 4.0)
 
 
 def test_teacher_frozen_and_only_student_trains() -> None:
@@ -129,11 +131,11 @@ def test_recipe_run(tmp_path: Path) -> None:
         "stages": [
             {"method": "train", "model": "teacher", "epochs": 1},
             {"method": "dist", "teacher": "teacher", "student": "student_dist",
-             "beta": 2.0, "gamma": 2.0, "temperature": 4.0, "cache": "teacher"},
+             "beta": 1.0, "gamma": 1.0, "temperature": 1.0, "cache": "teacher"},
         ],
     }
     summary = Pipeline(parse_recipe(recipe), tmp_path / "run", progress=False).run()
-    assert summary["stages"][1]["beta"] == 2.0
+    assert summary["stages"][1]["temperature"] == 1.0
     lines = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     dist = [x for x in lines if x["stage"] == "student_dist"]
     assert len(dist) == 2 and {"ce", "inter", "intra"} <= set(dist[-1]["train"])

@@ -5,7 +5,7 @@ The student matches the *relations* of the teacher's predictions, not their valu
 Pearson correlation across the classes of each sample (inter-class) and across the samples of
 the batch for each class (intra-class); see :mod:`distill.losses.dist`::
 
-    dist = DIST(teacher, student)               # β = γ = 1, τ = 1
+    dist = DIST(teacher, student)               # β = γ = 2, τ = 4 (CIFAR-100)
     out = dist(x, y)                            # parts: {"ce", "inter", "intra"}
 """
 
@@ -48,11 +48,14 @@ class DIST(Distiller):
     and teacher, over each sample's classes (inter) and over each class's samples in the batch
     (intra). CE has weight 1, as in the authors' code.
 
-    Defaults are what the authors' code sets for ``--kd dist`` (their ImageNet settings, the
-    only ones we could confirm from their files): β = γ = 1, τ = 1. For CIFAR-100, where the
-    published resnet32x4 → resnet8x4 figure (76.31) comes from, reimplementations use
-    β = γ = 2 and τ = 4 (the code's ``dist_t4`` with loss weight 2); the shipped Fashion-MNIST
-    recipe and the accuracy benchmark use that setting.
+    Defaults: β = γ = 2, τ = 4, the CIFAR-100 setting of reimplementations (the authors'
+    code's ``dist_t4`` with loss weight 2), under which the resnet32x4 → resnet8x4 figure we
+    quote (76.31) is reported; like the other vision methods here, DIST defaults to its
+    CIFAR-100 setting, the closest to this library's small-image models. We could not confirm
+    it from the authors' files, which set β = γ = 1, τ = 1 for ``--kd dist`` (their ImageNet
+    setting, and :func:`~distill.losses.dist.dist_loss`'s defaults): pass those for large
+    images. On Fashion-MNIST (3,000 images, 8 epochs, resnet20 → cnn-2, two seeds) the
+    CIFAR setting scored 1.0 and 1.4 points above the ImageNet one.
 
     ``standardize=True`` applies logit standardisation (Sun et al., CVPR 2024;
     :func:`~distill.losses.standardize.standardize`) to both networks' logits before the DIST
@@ -79,9 +82,9 @@ class DIST(Distiller):
         self,
         teacher: nn.Module | Teacher,
         student: nn.Module,
-        beta: float = 1.0,
-        gamma: float = 1.0,
-        temperature: float = 1.0,
+        beta: float = 2.0,
+        gamma: float = 2.0,
+        temperature: float = 4.0,
         *,
         standardize: bool = False,
         task: str | Task = "classification",
@@ -111,18 +114,17 @@ class DIST(Distiller):
 
 
 class DISTStage(TeacherStudentSpec, TeacherFields):
-    """``{method: dist, teacher, student, beta: 1.0, gamma: 1.0, temperature: 1.0,
+    """``{method: dist, teacher, student, beta: 2.0, gamma: 2.0, temperature: 4.0,
     standardize: false}``, plus the teacher fields of
     :class:`~distill.methods.base.TeacherFields` (``cache: teacher``...). ``standardize``
     cannot go with ``cache_topk``."""
 
     method: Literal["dist"] = "dist"
-    beta: LossWeight = 1.0
-    gamma: LossWeight = 1.0
-    temperature: Temperature = 1.0
+    beta: LossWeight = 2.0
+    gamma: LossWeight = 2.0
+    temperature: Temperature = 4.0
     standardize: bool = False
 
-    # The CIFAR-100 setting (see DIST's docstring) suits these small-image sets too.
     demo = DemoEntry(
         student="student_dist",
         stage={
