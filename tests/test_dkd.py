@@ -163,3 +163,31 @@ def test_recipe_run(tmp_path: Path) -> None:
     dkd = [x for x in lines if x["stage"] == "student_dkd"]
     assert len(dkd) == 2 and {"ce", "tckd", "nckd"} <= set(dkd[-1]["train"])
     assert 0.0 <= summary["models"]["student_dkd"]["val_accuracy"] <= 1.0
+
+
+class TinyLM(nn.Module):
+    def __init__(self, vocab: int = 7, width: int = 5) -> None:
+        super().__init__()
+        self.embed, self.out = nn.Embedding(vocab, width), nn.Linear(width, vocab)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):  # noqa: ANN201
+        return {"logits": self.out(self.embed(input_ids))}
+
+
+def test_causal_lm_tokens_use_only_labelled_positions() -> None:
+    torch.manual_seed(0)
+    teacher, student = TinyLM(), TinyLM()
+    ids = torch.randint(0, 7, (2, 6))
+    labels = ids.clone()
+    labels[0, :3] = -100  # a prompt
+    labels[1, 5] = -100  # padding
+    out = DKD(teacher, student, task="causal_lm", warmup_epochs=0)(
+        {"input_ids": ids, "labels": labels}
+    )
+    s = student(ids)["logits"][:, :-1]
+    with torch.no_grad():
+        t = teacher(ids)["logits"][:, :-1]
+    targets, mask = labels[:, 1:], labels[:, 1:] != -100
+    ce = F.cross_entropy(s[mask], targets[mask])  # mean over the labelled tokens
+    tckd, nckd = dkd_terms(s[mask], t[mask], targets[mask], 4.0)
+    assert torch.allclose(out.loss, ce + 1.0 * tckd + 8.0 * nckd)
