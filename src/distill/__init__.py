@@ -14,10 +14,15 @@ from .errors import CheckpointError, ConfigError, DataError, DistillError
 from .losses import kd_loss, mutual_loss
 from .methods import (
     AT,
+    CRD,
+    DIST,
+    DKD,
     DML,
     FSP,
     KD,
     METHODS,
+    PKT,
+    RKD,
     TAKD,
     Distiller,
     FitNets,
@@ -35,9 +40,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AT",
+    "CRD",
+    "DIST",
+    "DKD",
     "DML",
     "KD",
     "METHODS",
+    "PKT",
+    "RKD",
     "CheckpointError",
     "ConfigError",
     "DataError",

@@ -20,10 +20,15 @@ from .base import (
     TeacherFields,
     TeacherStudentSpec,
 )
+from .crd import CRD, CRDStage
+from .dist import DIST, DISTStage
+from .dkd import DKD, DKDStage
 from .dml import DML, DMLStage
 from .fitnets import FitNets, FitNetsStage
 from .fsp import FSP, FSPPair, FSPStage, propose_fsp_pairs
 from .kd import KD, KDStage
+from .pkt import PKT, PKTStage
+from .rkd import RKD, RKDStage
 from .supervised import Supervised, TrainStage
 from .takd import TAKD, TAKDStage, assistant_ladder
 
@@ -35,14 +40,24 @@ METHODS: dict[str, type[StageSpec]] = {
     "at": ATStage,
     "takd": TAKDStage,
     "dml": DMLStage,
+    "dkd": DKDStage,
+    "dist": DISTStage,
+    "rkd": RKDStage,
+    "pkt": PKTStage,
+    "crd": CRDStage,
 }
 
 __all__ = [
     "AT",
+    "CRD",
+    "DIST",
+    "DKD",
     "DML",
     "FSP",
     "KD",
     "METHODS",
+    "PKT",
+    "RKD",
     "TAKD",
     "DemoEntry",
     "Distiller",

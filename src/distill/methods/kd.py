@@ -10,9 +10,10 @@ from torch import nn
 
 from ..checks import check_distinct_modules, check_fraction, check_temperature
 from ..errors import ConfigError
-from ..losses import divergence, kd_loss, standardize
+from ..losses import divergence, kd_loss
 from ..tasks import Batch, Task
 from ..teachers import Teacher, as_teacher
+from ._logits import VOCABS, check_standardize, distillation_logits, match_classes
 from .base import (
     DemoEntry,
     Distiller,
@@ -24,8 +25,6 @@ from .base import (
     TeacherStudentSpec,
     check_same_outputs,
 )
-
-VOCABS = ("equal", "shared")
 
 
 class KD(Distiller):
@@ -94,8 +93,7 @@ class KD(Distiller):
     ) -> torch.Tensor:
         """T²·D(softmax(t/T), softmax(s/T)), a mean over the positions of ``mask``."""
         s, t = match_classes(logits, teacher_logits, self.vocab)
-        if self.standardize:
-            s, t = standardize(s), standardize(t)
+        s, t = distillation_logits(s, t, self.standardize)
         if self.loss is None:
             return kd_loss(s, t, self.temperature, mask=mask)
         value = divergence(
@@ -112,35 +110,6 @@ class KD(Distiller):
         parts = {"ce": (1 - self.alpha) * ce, "kd": self.alpha * soft}
         loss = parts["ce"] + parts["kd"]
         return Output(loss=loss, parts={k: v.detach() for k, v in parts.items()}, logits=logits)
-
-
-def match_classes(
-    student: torch.Tensor, teacher: torch.Tensor, vocab: str = "equal"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The student's and teacher's logits over the same classes: as they are (``equal``), or
-    cut to the first ``min(V_s, V_t)`` (``shared``).
-
-    Raises:
-        ValueError: the shapes differ (beyond the last dimension with ``shared``); the message
-            names both.
-    """
-    if vocab == "shared" and student.shape[:-1] == teacher.shape[:-1]:
-        shared = min(student.shape[-1], teacher.shape[-1])
-        return student[..., :shared], teacher[..., :shared]
-    if student.shape != teacher.shape:
-        hint = ""
-        if student.shape[:-1] == teacher.shape[:-1]:
-            hint = (
-                f"; the teacher predicts {teacher.shape[-1]} classes and the student "
-                f"{student.shape[-1]}: if they are one tokenizer family's vocabularies padded "
-                "differently, set vocab: shared"
-            )
-        raise ValueError(
-            "teacher and student outputs differ in shape: teacher "
-            f"{tuple(teacher.shape)}, student {tuple(student.shape)}; both must predict the "
-            f"same classes{hint}"
-        )
-    return student, teacher
 
 
 class KDStage(TeacherFields, KDFields, TeacherStudentSpec):
@@ -174,6 +143,7 @@ class KDStage(TeacherFields, KDFields, TeacherStudentSpec):
         )
 
     def check(self, ctx: StageContext) -> None:
+        check_standardize(self)
         where = f"stage {self.stage_name()!r} (kd)"
         check_same_outputs(ctx, where, [self.teacher, self.student], self.vocab == "shared")
 

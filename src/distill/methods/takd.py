@@ -29,6 +29,7 @@ from ..errors import ConfigError
 from ..models.zoo import family
 from ..report import ALONE_NOTE, alone_cells, baselines, metric_cells
 from ..tasks import Task
+from ._logits import check_standardize
 from .base import (
     DemoEntry,
     Phase,
@@ -277,6 +278,7 @@ class TAKDStage(TeacherFields, SoftLossFields, StageSpec):
         ]
 
     def check(self, ctx: StageContext) -> None:
+        check_standardize(self)
         where = f"stage {self.stage_name()!r} (takd): chain"
         check_same_outputs(ctx, where, self.chain, self.vocab == "shared")
 
