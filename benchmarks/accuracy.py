@@ -87,6 +87,12 @@ EXPECTATIONS = {
     "teacher-student gap is large.",
     "DML": "DML (Zhang et al., 2018): reproductions report 0 to +1.2 points for ResNet-32 "
     "pairs on CIFAR-100 over the same network trained alone.",
+    "AT": "AT (Zagoruyko and Komodakis, 2017): 73.44 and 74.08 on the two pairs "
+    "(RepDistiller: resnet32x4 → resnet8x4, wrn-40-2 → wrn-16-2; student alone 72.50 / 73.26, "
+    "KD 73.33 / 74.92), i.e. about KD's level; RepDistiller runs it with CE, without KD.",
+    "KD + LS": "KD with logit standardisation (Sun et al., 2024): 76.62 and 76.11 on the two "
+    "pairs, +3.3 and +1.2 points over KD (base temperature 2, KD weight 9 in the paper; here "
+    "the searched T and alpha of KD).",
     "DKD": "DKD (Zhao et al., 2022): CIFAR-100 resnet32x4 → resnet8x4 76.32 and wrn-40-2 → "
     "wrn-16-2 76.24 (mdistiller; KD 73.33 / 74.92, student alone 72.50 / 73.26), i.e. +3.0 "
     "points over KD on the first pair; reproductions report 75.8-76.2 there.",
@@ -213,6 +219,8 @@ def build_recipe(
         "student_dml_large": STUDENT,
         "teacher_large": {"arch": large, "checkpoint": teacher_file(out, large)},
         "student_large_kd": STUDENT,
+        "student_at": STUDENT,
+        "student_kd_ls": STUDENT,
         "student_dkd": STUDENT,
         "student_dist": STUDENT,
         "student_crd": STUDENT,
@@ -228,6 +236,16 @@ def build_recipe(
             {"hint": {"epochs": b["hint_epochs"]}, "cache": "teacher", **kd},
         ),
         deep_merge(demo_methods()["fsp"].stage, {"fsp": {"epochs": b["hint_epochs"]}}),
+        # Pairs by probe: both models' sections of the same spatial size (two of them).
+        {"method": "at", "teacher": "teacher", "student": "student_at"},
+        {
+            "method": "kd",
+            "teacher": "teacher",
+            "student": "student_kd_ls",
+            "cache": "teacher",
+            "standardize": True,
+            **kd,
+        },
         {
             "method": "dkd",
             "teacher": "teacher",
@@ -271,6 +289,8 @@ def build_recipe(
         ("KD", "student_kd", "KD", "student"),
         ("FitNets", "student_fitnets", "FitNets", "student"),
         ("FSP", "student_fsp", "FSP", "student"),
+        ("AT", "student_at", "AT", "student"),
+        ("KD + logit standardisation", "student_kd_ls", "KD + LS", "student"),
         ("DKD", "student_dkd", "DKD", "student"),
         ("DIST", "student_dist", "DIST", "student"),
         ("CRD", "student_crd", "CRD", "student"),

@@ -51,7 +51,7 @@ def test_recipes_are_valid_and_load_the_shared_teachers(tmp_path: Path, quick: b
         assert recipe["models"][name]["checkpoint"].endswith("teacher.pt")
         assert not any(s.get("model") == name for s in recipe["stages"])
     kd_like = [s for s in recipe["stages"] if s["method"] in ("kd", "fitnets", "takd")]
-    assert len(kd_like) == 5
+    assert len(kd_like) == 6  # KD, KD + logit standardisation, FitNets, TAKD, large-gap KD, TAKD
     assert all((s["temperature"], s["alpha"]) == (2.0, 0.5) for s in kd_like)
     # Every row names a model of the recipe, and every baseline is trained alone.
     trained_alone = {s["model"] for s in recipe["stages"] if s["method"] == "train"}
