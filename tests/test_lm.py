@@ -191,3 +191,20 @@ def test_a_tokenizer_folder_without_files_and_an_empty_corpus(
     (tmp_path / "no-text-here").mkdir()
     with pytest.raises(DistillError, match=r"\.txt"):
         Pipeline(parse_recipe(raw), tmp_path / "c", progress=False).run()
+
+
+def test_the_shipped_lm_recipe_is_the_demo() -> None:
+    from distill.demo import demo_recipe
+    from distill.recipe import load_recipe
+
+    shipped = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "lm-kd.yaml")
+    demo = parse_recipe(demo_recipe("python-stdlib", ["kd"]))
+    assert shipped.task == demo.task == "causal_lm"
+    assert {n: m.config for n, m in shipped.models.items()} == {
+        n: m.config for n, m in demo.models.items()
+    }
+    assert [s.model_dump() for s in shipped.stages] == [s.model_dump() for s in demo.stages]
+    assert shipped.data.model_dump(exclude={"tokenizer"}) == demo.data.model_dump(
+        exclude={"tokenizer"}
+    )
+    assert shipped.data.tokenizer == "byte"
