@@ -10,8 +10,7 @@ in. Phase 2 is an ordinary Distiller on the whole student.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -24,7 +23,7 @@ from ..errors import ConfigError
 from ..taps import Taps, feeding_parameters, probe, resolve_module
 from ..tasks import Batch, Task
 from ..teachers import Teacher, as_teacher
-from .base import Distiller, KDFields, StageContext, TeacherStudentSpec
+from .base import Distiller, KDFields, StageContext, TeacherStudentSpec, untouched
 
 
 def check_overrides(cls: type, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
@@ -59,22 +58,6 @@ def check_layer(model: nn.Module, name: str, field: str) -> None:
         resolve_module(model, name)
     except ConfigError as exc:
         raise ConfigError(f"{field}: {exc}") from None
-
-
-@contextmanager
-def untouched(*models: nn.Module) -> Iterator[None]:
-    """Undo, on exit, what building a Distiller does to ``models``: train/eval modes and
-    ``requires_grad`` flags (weights are not touched by building). For dry runs in
-    :meth:`StageSpec.check <distill.methods.StageSpec.check>`."""
-    modes = [(module, module.training) for model in models for module in model.modules()]
-    flags = [(p, p.requires_grad) for model in models for p in model.parameters()]
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
-        for parameter, requires_grad in flags:
-            parameter.requires_grad_(requires_grad)
 
 
 class FeaturePhase(Distiller):

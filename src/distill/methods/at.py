@@ -17,15 +17,15 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ..checks import check_distinct_modules
+from ..checks import LossWeight, Positive, check_distinct_modules, check_nonnegative, check_positive
 from ..config import Strict
 from ..errors import ConfigError
 from ..losses.at import at_terms
 from ..taps import Taps, probe
 from ..tasks import Batch, Task
 from ..teachers import Teacher, as_teacher
-from ._features import check_layer, untouched, zoo_sections
-from .base import DemoEntry, Distiller, Output, Phase, StageContext, TeacherStudentSpec
+from ._features import check_layer, zoo_sections
+from .base import DemoEntry, Distiller, OnePhaseSpec, Output, StageContext
 
 
 class ATPair(Strict):
@@ -96,13 +96,12 @@ class AT(Distiller):
         task: str | Task = "classification",
     ) -> None:
         super().__init__(task)
-        if beta < 0 or p <= 0:
-            raise ConfigError(f"beta must be >= 0 and p > 0, got beta={beta}, p={p}")
+        beta, p = check_nonnegative(beta, "beta"), check_positive(p, "p")
         self.teacher = as_teacher(teacher, self.task)
         module = self.teacher.module
         check_distinct_modules([module, student], "AT")
         self.student = student.requires_grad_(True)
-        self.beta, self.p = float(beta), float(p)
+        self.beta, self.p = beta, p
         if isinstance(sample_batch, torch.Tensor):
             sample_batch = {"inputs": sample_batch}
         if pairs is None:
@@ -151,14 +150,14 @@ def _as_pair(pair: ATPair | Mapping[str, str] | tuple[str, str]) -> ATPair:
     return ATPair(student=student, teacher=teacher)
 
 
-class ATStage(TeacherStudentSpec):
+class ATStage(OnePhaseSpec):
     """``{method: at, teacher, student, pairs: [{student: NAME, teacher: NAME}], beta: 1000,
     p: 2}``: one phase, ``at``, with the stage's settings."""
 
     method: Literal["at"] = "at"
     pairs: list[ATPair] | None = Field(None, min_length=1)
-    beta: float = Field(1000.0, ge=0)
-    p: float = Field(2.0, gt=0)
+    beta: LossWeight = 1000.0
+    p: Positive = 2.0
 
     # Both demo models have two sections of the same sizes as the teacher's first two.
     demo = DemoEntry(
@@ -166,25 +165,14 @@ class ATStage(TeacherStudentSpec):
         stage={"method": "at", "teacher": "teacher", "student": "student_at", "beta": 1000.0},
     )
 
-    def build(self, ctx: StageContext) -> AT:
-        """The AT Distiller on ``ctx``'s models; a configuration error names the stage."""
-        try:
-            return AT(
-                ctx.teacher(self.teacher),
-                ctx.models[self.student],
-                ctx.sample_batch,
-                pairs=self.pairs,
-                beta=self.beta,
-                p=self.p,
-                task=ctx.task,
-            )
-        except ConfigError as exc:
-            raise ConfigError(f"stage {self.stage_name()!r} (at): {exc}") from None
-
-    def check(self, ctx: StageContext) -> None:
-        with untouched(ctx.models[self.teacher], ctx.models[self.student]):
-            self.build(ctx)
-
-    def phases(self, ctx: StageContext) -> list[Phase]:
-        return [Phase("at", lambda: self.build(ctx), [self.student], self.train)]
-
+    def distiller(self, ctx: StageContext) -> AT:
+        """The AT Distiller on ``ctx``'s models."""
+        return AT(
+            ctx.teacher(self.teacher),
+            ctx.models[self.student],
+            ctx.sample_batch,
+            pairs=self.pairs,
+            beta=self.beta,
+            p=self.p,
+            task=ctx.task,
+        )

@@ -13,6 +13,7 @@ is trained by the training loop on its own. Methods never run loops themselves.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -153,6 +154,22 @@ class Distiller(nn.Module):
         missing = [k for k in missing if not k.startswith(prefixes)]
         if missing or unexpected:
             raise KeyError(f"state mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+@contextmanager
+def untouched(*models: nn.Module) -> Iterator[None]:
+    """Undo, on exit, what building a Distiller does to ``models``: train/eval modes and
+    ``requires_grad`` flags (weights are not touched by building). For dry runs in
+    :meth:`StageSpec.check <distill.methods.StageSpec.check>`."""
+    modes = [(module, module.training) for model in models for module in model.modules()]
+    flags = [(p, p.requires_grad) for model in models for p in model.parameters()]
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+        for parameter, requires_grad in flags:
+            parameter.requires_grad_(requires_grad)
 
 
 # --- recipe stages -----------------------------------------------------------------------------
@@ -377,6 +394,31 @@ class SoftLossFields(Strict):
         if self.loss is not None:
             options.update(loss=self.loss.kind, beta=self.loss.beta, skew=self.loss.skew)
         return options
+
+
+class OnePhaseSpec(TeacherStudentSpec):
+    """A stage that trains its student in one phase, named after the method, with the
+    Distiller :meth:`distiller` builds. A configuration error names the stage, and
+    :meth:`check` builds the Distiller once on the untrained models (a dry run: layer names,
+    shapes and probes are checked before anything trains; modes and ``requires_grad`` flags
+    are restored)."""
+
+    def distiller(self, ctx: StageContext) -> Distiller:  # pragma: no cover - per method
+        raise NotImplementedError
+
+    def build(self, ctx: StageContext) -> Distiller:
+        """:meth:`distiller`, its :class:`ConfigError` prefixed with the stage."""
+        try:
+            return self.distiller(ctx)
+        except ConfigError as exc:
+            raise ConfigError(f"stage {self.stage_name()!r} ({self.method}): {exc}") from None
+
+    def check(self, ctx: StageContext) -> None:
+        with untouched(ctx.models[self.teacher], ctx.models[self.student]):
+            self.build(ctx)
+
+    def phases(self, ctx: StageContext) -> list[Phase]:
+        return [Phase(self.method, lambda: self.build(ctx), [self.student], self.train)]
 
 
 class KDFields(SoftLossFields):

@@ -28,8 +28,7 @@ from ..seeding import derive_seed
 from ..tasks import Batch, Task
 from ..teachers import Teacher
 from ._embeddings import PENULTIMATE, EmbeddingDistiller, EmbeddingFields
-from ._features import untouched
-from .base import DemoEntry, Output, Phase, StageContext, TeacherStudentSpec
+from .base import DemoEntry, OnePhaseSpec, Output, StageContext
 
 
 def _world_size() -> int:
@@ -211,7 +210,7 @@ class CRD(EmbeddingDistiller):
         self.draws += 1
 
 
-class CRDStage(TeacherStudentSpec, EmbeddingFields):
+class CRDStage(OnePhaseSpec, EmbeddingFields):
     """``{method: crd, teacher, student, beta: 0.8, dim: 128, num_negatives: 16384,
     nce_temperature: 0.07, momentum: 0.5, student_layer: head.flatten, teacher_layer:
     head.flatten}``: one phase, ``crd``, whose memory has a row per training sample."""
@@ -234,35 +233,25 @@ class CRDStage(TeacherStudentSpec, EmbeddingFields):
         },
     )
 
-    def build(self, ctx: StageContext) -> CRD:
-        """The CRD Distiller on ``ctx``'s models; a configuration error names the stage."""
-        try:
-            if "index" not in ctx.sample_batch:
-                raise ConfigError(
-                    "the training batches carry no 'index' (each sample's position in the "
-                    "training set), which CRD's memory needs"
-                )
-            return CRD(
-                ctx.teacher(self.teacher),
-                ctx.models[self.student],
-                ctx.sample_batch,
-                ctx.train_size,
-                self.beta,
-                dim=self.dim,
-                num_negatives=self.num_negatives,
-                nce_temperature=self.nce_temperature,
-                momentum=self.momentum,
-                student_layer=self.student_layer,
-                teacher_layer=self.teacher_layer,
-                seed=ctx.seed,
-                task=ctx.task,
+    def distiller(self, ctx: StageContext) -> CRD:
+        """The CRD Distiller on ``ctx``'s models."""
+        if "index" not in ctx.sample_batch:
+            raise ConfigError(
+                "the training batches carry no 'index' (each sample's position in the "
+                "training set), which CRD's memory needs"
             )
-        except ConfigError as exc:
-            raise ConfigError(f"stage {self.stage_name()!r} (crd): {exc}") from None
-
-    def check(self, ctx: StageContext) -> None:
-        with untouched(ctx.models[self.teacher], ctx.models[self.student]):
-            self.build(ctx)
-
-    def phases(self, ctx: StageContext) -> list[Phase]:
-        return [Phase("crd", lambda: self.build(ctx), [self.student], self.train)]
+        return CRD(
+            ctx.teacher(self.teacher),
+            ctx.models[self.student],
+            ctx.sample_batch,
+            ctx.train_size,
+            self.beta,
+            dim=self.dim,
+            num_negatives=self.num_negatives,
+            nce_temperature=self.nce_temperature,
+            momentum=self.momentum,
+            student_layer=self.student_layer,
+            teacher_layer=self.teacher_layer,
+            seed=ctx.seed,
+            task=ctx.task,
+        )

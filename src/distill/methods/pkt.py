@@ -17,13 +17,11 @@ import torch
 from torch import nn
 
 from ..checks import LossWeight, check_nonnegative
-from ..errors import ConfigError
 from ..losses.pkt import pkt_loss
 from ..tasks import Batch, Task
 from ..teachers import Teacher
 from ._embeddings import PENULTIMATE, EmbeddingDistiller, EmbeddingFields
-from ._features import untouched
-from .base import DemoEntry, Output, Phase, StageContext, TeacherStudentSpec
+from .base import DemoEntry, OnePhaseSpec, Output, StageContext
 
 
 class PKT(EmbeddingDistiller):
@@ -82,7 +80,7 @@ class PKT(EmbeddingDistiller):
         return Output(loss=loss, parts={k: v.detach() for k, v in parts.items()}, logits=logits)
 
 
-class PKTStage(TeacherStudentSpec, EmbeddingFields):
+class PKTStage(OnePhaseSpec, EmbeddingFields):
     """``{method: pkt, teacher, student, weight: 30000, student_layer: head.flatten,
     teacher_layer: head.flatten}``: one phase, ``pkt``."""
 
@@ -94,24 +92,14 @@ class PKTStage(TeacherStudentSpec, EmbeddingFields):
         stage={"method": "pkt", "teacher": "teacher", "student": "student_pkt"},
     )
 
-    def build(self, ctx: StageContext) -> PKT:
-        """The PKT Distiller on ``ctx``'s models; a configuration error names the stage."""
-        try:
-            return PKT(
-                ctx.teacher(self.teacher),
-                ctx.models[self.student],
-                self.weight,
-                student_layer=self.student_layer,
-                teacher_layer=self.teacher_layer,
-                sample_batch=ctx.sample_batch,
-                task=ctx.task,
-            )
-        except ConfigError as exc:
-            raise ConfigError(f"stage {self.stage_name()!r} (pkt): {exc}") from None
-
-    def check(self, ctx: StageContext) -> None:
-        with untouched(ctx.models[self.teacher], ctx.models[self.student]):
-            self.build(ctx)
-
-    def phases(self, ctx: StageContext) -> list[Phase]:
-        return [Phase("pkt", lambda: self.build(ctx), [self.student], self.train)]
+    def distiller(self, ctx: StageContext) -> PKT:
+        """The PKT Distiller on ``ctx``'s models."""
+        return PKT(
+            ctx.teacher(self.teacher),
+            ctx.models[self.student],
+            self.weight,
+            student_layer=self.student_layer,
+            teacher_layer=self.teacher_layer,
+            sample_batch=ctx.sample_batch,
+            task=ctx.task,
+        )

@@ -16,13 +16,11 @@ import torch
 from torch import nn
 
 from ..checks import LossWeight, check_nonnegative
-from ..errors import ConfigError
 from ..losses.rkd import rkd_terms
 from ..tasks import Batch, Task
 from ..teachers import Teacher
 from ._embeddings import PENULTIMATE, EmbeddingDistiller, EmbeddingFields
-from ._features import untouched
-from .base import DemoEntry, Output, Phase, StageContext, TeacherStudentSpec
+from .base import DemoEntry, OnePhaseSpec, Output, StageContext
 
 
 class RKD(EmbeddingDistiller):
@@ -85,7 +83,7 @@ class RKD(EmbeddingDistiller):
         return Output(loss=loss, parts={k: v.detach() for k, v in parts.items()}, logits=logits)
 
 
-class RKDStage(TeacherStudentSpec, EmbeddingFields):
+class RKDStage(OnePhaseSpec, EmbeddingFields):
     """``{method: rkd, teacher, student, distance_weight: 25, angle_weight: 50,
     student_layer: head.flatten, teacher_layer: head.flatten}``: one phase, ``rkd``."""
 
@@ -98,25 +96,15 @@ class RKDStage(TeacherStudentSpec, EmbeddingFields):
         stage={"method": "rkd", "teacher": "teacher", "student": "student_rkd"},
     )
 
-    def build(self, ctx: StageContext) -> RKD:
-        """The RKD Distiller on ``ctx``'s models; a configuration error names the stage."""
-        try:
-            return RKD(
-                ctx.teacher(self.teacher),
-                ctx.models[self.student],
-                self.distance_weight,
-                self.angle_weight,
-                student_layer=self.student_layer,
-                teacher_layer=self.teacher_layer,
-                sample_batch=ctx.sample_batch,
-                task=ctx.task,
-            )
-        except ConfigError as exc:
-            raise ConfigError(f"stage {self.stage_name()!r} (rkd): {exc}") from None
-
-    def check(self, ctx: StageContext) -> None:
-        with untouched(ctx.models[self.teacher], ctx.models[self.student]):
-            self.build(ctx)
-
-    def phases(self, ctx: StageContext) -> list[Phase]:
-        return [Phase("rkd", lambda: self.build(ctx), [self.student], self.train)]
+    def distiller(self, ctx: StageContext) -> RKD:
+        """The RKD Distiller on ``ctx``'s models."""
+        return RKD(
+            ctx.teacher(self.teacher),
+            ctx.models[self.student],
+            self.distance_weight,
+            self.angle_weight,
+            student_layer=self.student_layer,
+            teacher_layer=self.teacher_layer,
+            sample_batch=ctx.sample_batch,
+            task=ctx.task,
+        )
