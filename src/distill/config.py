@@ -125,6 +125,17 @@ class ScheduleConfig(Strict):
     final_div_factor: float = Field(1.0e4, ge=1)
 
 
+FSDP_CONFLICTS: dict[str, str] = {
+    "precision fp16": "its loss scaling would see only each process's shard of the gradients; "
+    "use bf16, or strategy ddp",
+    "channels_last": "FSDP shards contiguous parameters only; set it to false, or use "
+    "strategy ddp",
+    "sync_batchnorm": "set it to false, or use strategy ddp",
+    "compile": "set it to false, or use strategy ddp",
+}
+"""What strategy ``fsdp`` refuses, and what to do instead."""
+
+
 class TrainConfig(Strict):
     """How one phase of one stage trains. The recipe's ``train`` section gives the defaults and
     any stage may override any field.
@@ -139,6 +150,14 @@ class TrainConfig(Strict):
     Trackers: ``log_with`` lists the experiment trackers that get the run's metrics
     (``tensorboard``, ``mlflow``, ``wandb``; see :mod:`distill.tracking`). A run reads it from
     the recipe's ``train`` section.
+
+    How models spread over processes (docs/distributed.md): ``strategy`` ``ddp`` replicates
+    every model on every process; ``fsdp`` shards the trained models with FSDP, block by
+    block (``fsdp_blocks``: class names of the blocks, e.g. ``LlamaDecoderLayer``; default:
+    a Hugging Face model's ``_no_split_modules``, a zoo model's stages). ``teacher_placement``
+    puts teachers on every process whole (``replicate``), sharded for inference (``shard``)
+    or sharded with the shards in host memory (``cpu_offload``); default ``shard`` under
+    ``fsdp``, ``replicate`` under ``ddp``. With one process both are no-ops.
     """
 
     epochs: int = Field(10, gt=0)
@@ -152,11 +171,45 @@ class TrainConfig(Strict):
     compile: bool = False
     sync_batchnorm: bool = False
     log_with: list[str] = Field(default_factory=list)
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    teacher_placement: Literal["shard", "replicate", "cpu_offload"] | None = None
+    fsdp_blocks: list[str] = Field(default_factory=list)
 
     @field_validator("log_with")
     @classmethod
     def _known_trackers(cls, names: list[str]) -> list[str]:
         return check_tracker_names(names)
+
+    @field_validator("fsdp_blocks", mode="before")
+    @classmethod
+    def _block_list(cls, names: Any) -> Any:
+        return [names] if isinstance(names, str) else names
+
+    @property
+    def placement(self) -> str:
+        """Where teachers go: ``teacher_placement``, or the strategy's default."""
+        return self.teacher_placement or ("shard" if self.strategy == "fsdp" else "replicate")
+
+    @property
+    def shards(self) -> bool:
+        """Whether some model is sharded (on several processes): strategy ``fsdp``, or a
+        teacher placement other than ``replicate``."""
+        return self.strategy == "fsdp" or self.placement != "replicate"
+
+    @model_validator(mode="after")
+    def _shardable(self) -> TrainConfig:
+        if self.strategy != "fsdp":
+            return self
+        conflicts = {
+            "precision fp16": self.precision == "fp16",
+            "channels_last": self.channels_last,
+            "sync_batchnorm": self.sync_batchnorm,
+            "compile": self.compile,
+        }
+        for name, given in conflicts.items():
+            if given:
+                raise ValueError(f"{name} does not go with strategy fsdp: {FSDP_CONFLICTS[name]}")
+        return self
 
     @model_validator(mode="after")
     def _warmup_within_run(self) -> TrainConfig:

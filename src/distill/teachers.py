@@ -65,6 +65,11 @@ class Teacher(nn.Module):
 
     Attributes:
         calls: forward passes of the model so far (a store's hits do not count).
+        in_step: set while the model is sharded over processes
+            (:func:`distill.training.fsdp.shard_teacher`): its forward is then a collective
+            call, which every process must make together. ``in_step(flag)`` tells whether any
+            process has ``flag`` true; with a store, every process runs the model whenever
+            one of them lacks outputs (those that lack none run it on one sample, unused).
     """
 
     def __init__(
@@ -88,6 +93,7 @@ class Teacher(nn.Module):
         self.store = store
         self.renormalize = renormalize
         self.calls = 0
+        self.in_step: Callable[[bool], bool] | None = None
 
     def train(self, mode: bool = True) -> Teacher:
         """A teacher stays in eval mode whatever ``mode`` is asked for."""
@@ -96,14 +102,29 @@ class Teacher(nn.Module):
     def forward(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """The teacher's logits on ``batch`` (float32, no graph), as the task defines them:
         ``[N, C]`` for classification, ``[N, L−1, V]`` for a causal LM."""
-        if self.store is not None:
+        if self.store is None:
+            return self.compute(batch)
+        if self.in_step is None:
             return self.store.lookup(batch, self.compute)
-        return self.compute(batch)
+        agree, ran = self.in_step, False
 
-    @torch.no_grad()
+        def compute(sub: Mapping[str, Any]) -> torch.Tensor:
+            nonlocal ran
+            ran = agree(True)
+            return self.compute(sub)
+
+        outputs = self.store.lookup(batch, compute)
+        if not ran and agree(False):  # another process runs the model: take part
+            self._run({k: v[:1] if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
+        return outputs
+
     def compute(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """Run the model on ``batch`` (bypassing any store)."""
         self.calls += 1
+        return self._run(batch)
+
+    @torch.no_grad()
+    def _run(self, batch: Mapping[str, Any]) -> torch.Tensor:
         batch = self._inputs(batch)
         with autocast(batch_device(batch), self.precision):
             return self.task.logits(self.module, batch).float()

@@ -1,23 +1,33 @@
-"""Processes and devices: the process's Accelerator, and data parallelism of trained models.
+"""Processes and devices: the process's Accelerator, and how a phase's models spread over
+the processes.
 
 Every process runs the same loop on its share of the data (Accelerate prepares the loaders).
-The models a method trains are wrapped in ``DistributedDataParallel`` for the length of a
-phase; teachers never are (they get no gradients, and a frozen module inside DDP is a known
-failure). :func:`trained_members` is the one walk over a method's trained models, used both
-to compile them and to wrap them.
+With ``train.strategy: ddp`` the models a method trains are wrapped in
+``DistributedDataParallel`` for the length of a phase; teachers never are (they get no
+gradients, and a frozen module inside DDP is a known failure): they are replicated on every
+process, or sharded for inference (``train.teacher_placement``, :mod:`.fsdp`). With
+``strategy: fsdp`` the trained models are sharded too (:class:`.fsdp.FullyShardedParallel`).
+:func:`trained_members` is the one walk over a method's trained models, used both to compile
+them and to wrap them; :func:`parallel` picks the strategy of a phase.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 import torch
 from accelerate import Accelerator
 from torch import nn
 
+from ..config import TrainConfig
 from ..errors import ConfigError
 from ..teachers import Teacher
+
+if TYPE_CHECKING:
+    from .fsdp import ForwardWatch
+    from .optim import Optimizers
 
 _ACCELERATORS: dict[bool, Accelerator] = {}
 
@@ -78,20 +88,92 @@ class DataParallel:
 
     ``with DataParallel(method, accelerator) as ddp: ...``; inside, ``with ddp.originals():``
     puts the unwrapped models back for a moment (to checkpoint their weights).
+
+    Given the phase's ``config``, entering also moves the method to the process's device
+    (``channels_last`` and ``compile`` as the config says) and places each teacher as
+    ``config.placement`` says: ``replicate`` (moved whole), or ``shard``/``cpu_offload`` (a
+    sharded copy of it takes the place of its model for the phase, :func:`.fsdp.shard_copy`;
+    several processes only). ``where`` prefixes error messages (the phase).
+
+    Attributes:
+        placement: for each teacher and trained model (by its name in ``method``) its
+            placement and the bytes of parameters this process holds of it (a shard's only).
     """
 
     def __init__(
-        self, method: nn.Module, accelerator: Accelerator, sync_batchnorm: bool = False
+        self,
+        method: nn.Module,
+        accelerator: Accelerator,
+        sync_batchnorm: bool = False,
+        *,
+        config: TrainConfig | None = None,
+        where: str = "",
     ) -> None:
         self.method = method
         self.accelerator = accelerator
-        self.sync_batchnorm = sync_batchnorm
+        self.config = config
+        self.sync_batchnorm = sync_batchnorm or (config is not None and config.sync_batchnorm)
+        self.where = where
         self.members: list[Member] = []
         self.wrappers: list[nn.Module] = []
+        self.teachers: list[tuple[Teacher, nn.Module]] = []
+        self.placement: dict[str, dict[str, Any]] = {}
+        self._names = {id(m): name for name, m in method.named_modules()}
+        self._live: dict[int, nn.Module] = {}
+        self._watch: ForwardWatch | None = None
+
+    @property
+    def several(self) -> bool:
+        """Whether there is more than one process."""
+        return self.accelerator.num_processes > 1
+
+    def sharded_teachers(self) -> list[Teacher]:
+        """The teachers a sharded copy replaces for the phase."""
+        if self.config is None or not self.several or self.config.placement == "replicate":
+            return []
+        return [t for t in self.method.modules() if isinstance(t, Teacher)]
+
+    def sharded_members(self) -> list[Member]:
+        """The trained models a sharded copy replaces for the phase (none under ddp)."""
+        return []
 
     def __enter__(self) -> DataParallel:
-        if self.accelerator.num_processes == 1:
-            return self
+        if self.config is not None:
+            self._place()
+        if self.several:
+            self._wrap()
+        self._measure()
+        return self
+
+    def _place(self) -> None:
+        """Device, memory format and compilation; then the sharded copies take their places."""
+        cfg = self.config
+        assert cfg is not None
+        away = [(t, "module", t.module) for t in self.sharded_teachers()]
+        away += self.sharded_members()
+        for parent, key, _ in away:  # out of the way: what is sharded never moves whole
+            setattr(parent, key, nn.Module())
+        try:
+            self.method.to(self.accelerator.device)
+            if cfg.channels_last:
+                self.method.to(memory_format=torch.channels_last)
+            if cfg.compile:
+                compile_models(self.method)
+        finally:
+            for parent, key, module in away:
+                setattr(parent, key, module)
+        if not away:
+            return
+        from .fsdp import ForwardWatch, shard_teacher
+
+        self._watch = ForwardWatch(self.method, self.where)
+        for teacher in self.sharded_teachers():
+            module = teacher.module
+            teacher.module = shard_teacher(teacher, self.accelerator, cfg)
+            self._watch.add(teacher.module, self._names[id(teacher)], teacher=True)
+            self.teachers.append((teacher, module))
+
+    def _wrap(self) -> None:
         from torch.nn.parallel import DistributedDataParallel
 
         for parent, key, module in trained_members(self.method):
@@ -107,7 +189,23 @@ class DataParallel:
             setattr(parent, key, wrapper)
             self.members.append((parent, key, module))
             self.wrappers.append(wrapper)
-        return self
+
+    def _measure(self) -> None:
+        from .fsdp import parameter_bytes
+
+        sharded = {id(t) for t, _ in self.teachers}
+        asked = self.config.placement if self.config is not None else "replicate"
+        for teacher in self.method.modules():
+            if isinstance(teacher, Teacher):
+                self.placement[self._names[id(teacher)]] = {
+                    "placement": asked if id(teacher) in sharded else "replicate",
+                    "parameter_bytes": parameter_bytes(teacher.module),
+                }
+        kind = "shard" if self.sharded_members() else "replicate"
+        for _, _, module in self.members or trained_members(self.method):
+            name = self._names.get(id(module), type(module).__name__)
+            live = self._live.get(id(module), module)
+            self.placement[name] = {"placement": kind, "parameter_bytes": parameter_bytes(live)}
 
     def _put(self, modules: list[nn.Module]) -> None:
         for (parent, key, _), module in zip(self.members, modules, strict=True):
@@ -115,6 +213,11 @@ class DataParallel:
 
     def __exit__(self, *exc: object) -> None:
         self._put([module for _, _, module in self.members])
+        for teacher, module in self.teachers:
+            teacher.module = module
+            teacher.in_step = None
+        if self._watch is not None:
+            self._watch.close()
 
     @contextmanager
     def originals(self) -> Iterator[None]:
@@ -124,3 +227,35 @@ class DataParallel:
             yield
         finally:
             self._put(self.wrappers)
+
+    def live(self, model: nn.Module) -> nn.Module:
+        """What runs in place of ``model`` during the phase (itself, but for a sharded copy),
+        for evaluating it."""
+        return self._live.get(id(model), model)
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """The method's trainable state, whole, on the CPU (for checkpoints)."""
+        with self.originals():
+            state = self.method.trainable_state_dict()  # type: ignore[operator]
+        return {k: v.detach().cpu() for k, v in state.items()}
+
+    def optimizer_state(self, optim: Optimizers) -> dict[str, Any]:
+        """``optim``'s state, whole, for checkpoints."""
+        return optim.state_dict()
+
+    def load_optimizer_state(self, optim: Optimizers, state: dict[str, Any]) -> None:
+        """Inverse of :meth:`optimizer_state`."""
+        optim.load_state_dict(state)
+
+
+def parallel(
+    method: nn.Module, accelerator: Accelerator, config: TrainConfig, where: str = ""
+) -> DataParallel:
+    """The strategy of a phase (``config.strategy``): :class:`DataParallel`, or with ``fsdp``
+    on several processes :class:`.fsdp.FullyShardedParallel`. ``fsdp`` with one process has
+    nothing to shard: the models train whole, as with ``ddp``."""
+    if config.strategy == "fsdp" and accelerator.num_processes > 1:
+        from .fsdp import FullyShardedParallel
+
+        return FullyShardedParallel(method, accelerator, config=config, where=where)
+    return DataParallel(method, accelerator, config=config, where=where)

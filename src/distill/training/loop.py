@@ -39,7 +39,7 @@ from ..precision import autocast, autocast_each, check_device
 from ..seeding import derive_seed, seed_everything
 from ..tasks import Task, get_task
 from .checkpoint import EpochCheckpoints, rng_state, set_rng_state
-from .distributed import DataParallel, compile_models, get_accelerator, sum_over_processes
+from .distributed import get_accelerator, parallel, sum_over_processes
 from .evaluate import RunningMeans, epoch_line, eval_loader, evaluate
 from .optim import Optimizers
 from .signals import NonFiniteGuard, StopSignals, TrainingInterrupted
@@ -47,10 +47,12 @@ from .signals import NonFiniteGuard, StopSignals, TrainingInterrupted
 
 @dataclass
 class FitResult:
-    """What :meth:`Trainer.fit` returns: one record per epoch, and the wall time."""
+    """What :meth:`Trainer.fit` returns: one record per epoch, the wall time, and where the
+    models were (:attr:`DataParallel.placement <distill.training.DataParallel.placement>`)."""
 
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    placement: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def final_val(self) -> dict[str, dict[str, float]]:
@@ -125,16 +127,11 @@ class Trainer:
         ``val_data`` after each. With ``resume=True`` it continues from the newest epoch
         checkpoint (and returns at once if that one is the last).
 
-        While it runs, the trainer holds the run's ``method``, ``train_data``, ``optim``
-        (:class:`Optimizers`) and ``result``."""
+        While it runs, the trainer holds the run's ``method``, ``train_data``, ``parallel``
+        (:func:`~.distributed.parallel`), ``optim`` (:class:`Optimizers`) and ``result``."""
         cfg, acc = self.config, self.accelerator
         if len(train_data) == 0:  # type: ignore[arg-type]
             raise DistillError("the training set is empty")
-        method.to(acc.device)
-        if cfg.channels_last:
-            method.to(memory_format=torch.channels_last)
-        if cfg.compile:
-            compile_models(method)
         self.sampler = EpochSampler(len(train_data), self.seed)  # type: ignore[arg-type]
         self.loader = acc.prepare_data_loader(
             train_loader(
@@ -144,29 +141,33 @@ class Trainer:
         )
         self.batches = len(self.loader)
         self.steps_per_epoch = math.ceil(self.batches / cfg.grad_accum_steps)
-        val_loader = None
-        if val_data is not None:
-            val_loader = eval_loader(val_data, self.eval_batch_size, self.collate)
+        size, collate = self.eval_batch_size, self.collate
+        val_loader = None if val_data is None else eval_loader(val_data, size, collate)
         self.method, self.train_data, self.result = method, train_data, FitResult()
-        self.optim = Optimizers(method.optimizer_groups(), cfg, self.steps_per_epoch, acc.device)
-        self.guard = NonFiniteGuard(cfg, self.optim.zero_grad, self.desc)
         start, partial = 0, None
         state = self.checkpoints.latest() if resume else None
         if state is not None:
             method.load_trainable_state_dict(state["method"])
             method.progress = Progress(**state["progress"])
-            self.optim.load_state_dict(state)
-            set_rng_state(state["rng"])
             start = int(state["epoch"])
             self.result = FitResult(list(state["history"]), float(state["seconds"]))
             partial = state if state.get("batches_done") else None
-        with DataParallel(method, acc, cfg.sync_batchnorm) as self.ddp, StopSignals() as stop:
+        self.parallel = parallel(method, acc, cfg, self.desc)  # devices, wrappers or shards
+        with self.parallel, StopSignals() as stop:  # optimizers take the parameters then
+            groups = method.optimizer_groups()
+            self.optim = Optimizers(groups, cfg, self.steps_per_epoch, acc.device)
+            self.guard = NonFiniteGuard(cfg, self.optim.zero_grad, self.desc)
+            if state is not None:
+                self.parallel.load_optimizer_state(self.optim, state)
+                set_rng_state(state["rng"])
+            self.result.placement = self.parallel.placement
             for epoch in range(start, cfg.epochs):
                 record = self._epoch(epoch, partial, stop)
                 partial = None
                 for name, model in eval_models.items() if val_loader is not None else ():
                     record["val"][name] = evaluate(
-                        model, val_loader, self.task, accelerator=acc, precision=cfg.precision
+                        self.parallel.live(model), val_loader, self.task, accelerator=acc,
+                        precision=cfg.precision,
                     )
                 self.result.seconds += record["seconds"]
                 self.result.history.append(record)
@@ -283,9 +284,8 @@ class Trainer:
     def _save(self, epoch: int, step: int | None = None, **partial: Any) -> None:
         """Checkpoint after ``epoch`` epochs (and ``step`` batches of the next one, with the
         ``partial`` sums of that epoch)."""
-        with self.ddp.originals():
-            weights = {k: v.detach().cpu() for k, v in self.method.trainable_state_dict().items()}
-        state = {"method": weights, **self.optim.state_dict(), "rng": rng_state(), "epoch": epoch}
+        weights, optim = self.parallel.trainable_state(), self.parallel.optimizer_state(self.optim)
+        state = {"method": weights, **optim, "rng": rng_state(), "epoch": epoch}
         state["progress"] = dataclasses.asdict(self.method.progress)
         state.update(history=self.result.history, seconds=self.result.seconds, **partial)
         self.checkpoints.save(state, epoch, step)
