@@ -53,6 +53,7 @@ from .tasks import get_task
 from .teachers import Teacher
 from .tracking import Tracking
 from .training import Trainer, evaluate, get_accelerator
+from .training.fsdp import check_blocks, for_inference
 
 PROGRESS_FORMAT = "distill-progress/1"
 
@@ -233,6 +234,7 @@ class Pipeline:
         )
         for spec in self.recipe.stages:
             spec.check(ctx)
+        self._check_sharding()
         stage_results = []
         for index, (spec, stage_name) in enumerate(
             zip(self.recipe.stages, self.stage_names, strict=True)
@@ -271,6 +273,7 @@ class Pipeline:
                             "epochs": len(r["history"]),
                             "seconds": round(r["seconds"], 2),
                             "models": r["models"],
+                            **({"placement": r["placement"]} if "placement" in r else {}),
                         }
                         for r in phase_results
                     ],
@@ -286,6 +289,19 @@ class Pipeline:
         self.tracking.finish(summary, self.out)
         return summary
 
+    def _check_sharding(self) -> None:
+        """Before anything trains: every ``train.fsdp_blocks`` class is in the stage's models;
+        and a word when ``strategy: fsdp`` has one process, where it shards nothing."""
+        for spec, stage_name in zip(self.recipe.stages, self.stage_names, strict=True):
+            if spec.train.fsdp_blocks:
+                models = {n: self.models[n] for n in [*spec.produces(), *spec.uses()]}
+                where = f"stage {stage_name!r}: train.fsdp_blocks"
+                check_blocks(spec.train.fsdp_blocks, models, where)
+        if self.accelerator.num_processes == 1 and any(
+            spec.train.strategy == "fsdp" for spec in self.recipe.stages
+        ):
+            self.log("train.strategy fsdp with one process: nothing to shard, models train whole")
+
     def _save_trained(self, names: list[str], stage_name: str, bundle: DataBundle) -> None:
         """Write each model a stage trained: ``checkpoints/NAME.pt`` (a recipe can start from
         it) and ``models/NAME/`` in its ecosystem's format (with the data's tokenizer)."""
@@ -295,6 +311,17 @@ class Pipeline:
             save_model(model, self.out / "checkpoints" / f"{name}.pt", stage=stage_name, **meta)
             tokenizer = getattr(bundle, "tokenizer", None)
             save_trained(model, self.out / "models" / name, tokenizer=tokenizer, **meta)
+
+    def _by_model(self, method: nn.Module, found: dict[str, Any]) -> dict[str, Any]:
+        """``found`` (keyed by the method's attribute names) keyed by the recipe's model names,
+        where the attribute holds one (a method's own modules, e.g. adapters, keep theirs)."""
+        names = {id(model): name for name, model in self.models.items()}
+        named = {}
+        for attribute, value in found.items():
+            module = method.get_submodule(attribute)
+            module = module.module if isinstance(module, Teacher) else module
+            named[names.get(id(module), attribute)] = value
+        return named
 
     def _phase_dir(self, stage_name: str, phase: Phase) -> Path:
         return self.out / "checkpoints" / stage_name / phase.name
@@ -349,6 +376,8 @@ class Pipeline:
         if phase.after is not None:
             phase.after(method)
         record: dict[str, Any] = {"history": result.history, "seconds": result.seconds}
+        if self.accelerator.num_processes > 1:  # parameter bytes per process, by model
+            record["placement"] = self._by_model(method, result.placement)
         for teacher in self._phase_teachers:
             cache = teacher.store
             assert isinstance(cache, TeacherCache)
@@ -518,6 +547,9 @@ class Pipeline:
                 seconds[name] = seconds.get(name, 0.0) + stage["seconds"] / len(stage["models"])
         batch = self.recipe.data.eval_batch_size or 2 * self.recipe.data.batch_size
         splits = {"val": bundle.val, "test": bundle.test}
+        # Models that were sharded are whole on the CPU now: they are evaluated sharded.
+        sharded = [s.train for s in self.recipe.stages if s.train.shards]
+        sharding = sharded[0] if sharded else self.recipe.train
         models: dict[str, Any] = {}
         for name, spec in self.recipe.models.items():
             if name not in trained_by and not spec.checkpoint and not spec.weights:
@@ -533,6 +565,7 @@ class Pipeline:
             renorm = renormalizer(*input_normalization_of(bundle), model)
             device = next(iter(model.parameters()), torch.empty(0)).device
             scored = model if renorm is None else nn.Sequential(renorm.to(device), model)
+            scored = for_inference(scored, self.accelerator, sharding)
             for split, dataset in splits.items():
                 if dataset is None:
                     continue
