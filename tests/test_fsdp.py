@@ -287,15 +287,19 @@ def test_an_unknown_block_class_is_refused_before_anything_trains(tmp_path: Path
 @pytest.mark.parametrize(
     ("field", "value", "words"),
     [
-        ("precision", "fp16", "precision fp16 does not go with strategy fsdp"),
-        ("channels_last", True, "channels_last does not go with strategy fsdp"),
-        ("compile", True, "compile does not go with strategy fsdp"),
-        ("sync_batchnorm", True, "sync_batchnorm does not go with strategy fsdp"),
+        ("precision", "fp16", "precision fp16: its loss scaling would see only each process's"),
+        ("channels_last", True, "channels_last: FSDP shards contiguous parameters only"),
+        ("compile", True, "compile: set it to false"),
+        ("sync_batchnorm", True, "sync_batchnorm: set it to false"),
     ],
 )
 def test_fsdp_refuses_what_it_cannot_shard(field: str, value: Any, words: str) -> None:
-    with pytest.raises(ConfigError, match=f"^train: .*{words}: .*strategy ddp"):
+    with pytest.raises(ConfigError, match=f"^train.strategy: fsdp does not go with {words}"):
         parse_recipe(digits_recipe(strategy="fsdp", **{field: value}))
+    recipe = digits_recipe(**{field: value})
+    recipe["stages"][0]["strategy"] = "fsdp"  # a stage's own setting is named as such
+    with pytest.raises(ConfigError, match=r"^stages\.0\.strategy: fsdp does not go with"):
+        parse_recipe(recipe)
     parse_recipe(digits_recipe(**{field: value}))  # fine with ddp
 
 

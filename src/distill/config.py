@@ -13,6 +13,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -180,6 +181,23 @@ class TrainConfig(Strict):
     def _known_trackers(cls, names: list[str]) -> list[str]:
         return check_tracker_names(names)
 
+    @field_validator("strategy")
+    @classmethod
+    def _shardable(cls, strategy: str, info: ValidationInfo) -> str:
+        if strategy != "fsdp":
+            return strategy
+        given = info.data
+        conflicts = {
+            "precision fp16": given.get("precision") == "fp16",
+            "channels_last": given.get("channels_last"),
+            "sync_batchnorm": given.get("sync_batchnorm"),
+            "compile": given.get("compile"),
+        }
+        for name, found in conflicts.items():
+            if found:
+                raise ValueError(f"fsdp does not go with {name}: {FSDP_CONFLICTS[name]}")
+        return strategy
+
     @field_validator("fsdp_blocks", mode="before")
     @classmethod
     def _block_list(cls, names: Any) -> Any:
@@ -195,21 +213,6 @@ class TrainConfig(Strict):
         """Whether some model is sharded (on several processes): strategy ``fsdp``, or a
         teacher placement other than ``replicate``."""
         return self.strategy == "fsdp" or self.placement != "replicate"
-
-    @model_validator(mode="after")
-    def _shardable(self) -> TrainConfig:
-        if self.strategy != "fsdp":
-            return self
-        conflicts = {
-            "precision fp16": self.precision == "fp16",
-            "channels_last": self.channels_last,
-            "sync_batchnorm": self.sync_batchnorm,
-            "compile": self.compile,
-        }
-        for name, given in conflicts.items():
-            if given:
-                raise ValueError(f"{name} does not go with strategy fsdp: {FSDP_CONFLICTS[name]}")
-        return self
 
     @model_validator(mode="after")
     def _warmup_within_run(self) -> TrainConfig:

@@ -56,6 +56,7 @@ from ..teachers import Teacher
 from .distributed import DataParallel, Member, sum_over_processes, trained_members
 from .optim import Optimizers
 
+
 def find_blocks(model: nn.Module, names: Iterable[str] = ()) -> list[nn.Module]:
     """The submodules of ``model`` that FSDP shards as units of their own, in the order of
     ``model.modules()``: those whose class is one of ``names`` when ``model`` has any; else the
@@ -215,8 +216,8 @@ class ForwardWatch:
     that raises skips the hook and leaves FSDP's state undefined (its documentation says so).
     Methods that read a layer's output and skip the layers after it
     (:meth:`~distill.taps.Taps.run_until_captured`) stop the model's forward with an exception
-    raised after that layer: harmless when the layer is a unit itself or outside every unit
-    (the units around it return normally), refused when it lies inside a unit. After each
+    raised after that layer: harmless when the layer is a block itself or outside the blocks
+    (the units around it return normally), refused when it lies inside a block. After each
     forward of the method, and before each forward of a watched model, every watched forward
     must have finished.
     """
@@ -257,7 +258,7 @@ class ForwardWatch:
             f"{self.where + ': ' if self.where else ''}{type(self.method).__name__} stops the "
             f"forward of the sharded model {name!r} inside its FSDP unit {unit or name!r} (it "
             "reads the output of a layer there and skips the layers after it), which leaves "
-            "FSDP's state undefined; take a layer that is a unit itself or outside the units "
+            "FSDP's state undefined; take a layer that is a block itself or outside the blocks "
             f"(train.fsdp_blocks), or set {fix} for this stage"
         )
 
