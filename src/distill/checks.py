@@ -10,6 +10,7 @@ fields, whose loader adds the field's dotted name and the value.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -48,6 +49,28 @@ def fraction_problem(value: Any) -> str | None:
     number = _number(value)
     if number is None or not 0.0 <= number <= 1.0:
         return "must be in [0, 1]"
+    return None
+
+
+#: Model and stage names become file and folder names under the run folder
+#: (``checkpoints/NAME.pt``, ``models/NAME/``): ASCII letters, digits, ``_`` and ``-``, not
+#: starting with ``-``, at most :data:`NAME_MAX` characters. So no name is absolute, holds a
+#: ``/`` or ``..``, is empty or too long for a file system, or reads as a command-line option.
+NAME_MAX = 64
+_NAME = re.compile(rf"[A-Za-z0-9_][A-Za-z0-9_-]{{0,{NAME_MAX - 1}}}")
+
+
+def name_problem(value: Any) -> str | None:
+    """A model or stage name (see :data:`NAME_MAX`)."""
+    if not isinstance(value, str):
+        return "must be a name (a string)"
+    if len(value) > NAME_MAX:
+        return f"must be at most {NAME_MAX} characters long (it names files), got {len(value)}"
+    if not _NAME.fullmatch(value):
+        return (
+            "must be made of ASCII letters, digits, '_' and '-' (not starting with '-'), as it "
+            "names files in the run folder"
+        )
     return None
 
 
@@ -104,3 +127,5 @@ Weight = Annotated[float, _validator(fraction_problem)]
 LossWeight = Annotated[float, _validator(nonnegative_problem)]
 #: A recipe field holding a number > 0 (pydantic type).
 Positive = Annotated[float, _validator(positive_problem)]
+#: A recipe field holding a model or stage name (pydantic type; see :data:`NAME_MAX`).
+Name = Annotated[str, _validator(name_problem)]

@@ -6,7 +6,7 @@ keys so a typo is reported instead of silently ignored.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -40,18 +40,29 @@ def format_value(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model an annotation holds: itself, or inside ``list[...]``,
+    ``dict[str, ...]``, ``X | None``..."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
 def _allowed_keys(model: type[BaseModel], path: list[str]) -> list[str]:
-    """The field names of the (nested) pydantic model at ``path``."""
-    current: Any = model
+    """The field names of the (nested) pydantic model at ``path`` (list indices and mapping
+    keys along the path are stepped over)."""
+    current: type[BaseModel] | None = model
     for part in path:
-        fields = getattr(current, "model_fields", None)
-        if not fields or part not in fields:
+        fields = current.model_fields if current is not None else {}
+        if part in fields:
+            current = _model_in(fields[part].annotation)
+        elif not (part.isdigit() or current is None):
             return []
-        annotation = fields[part].annotation
-        current = annotation if isinstance(annotation, type) else None
-        if current is None:
-            return []
-    fields = getattr(current, "model_fields", {})
+    fields = current.model_fields if current is not None else {}
     return [k for k in fields if k != "train"]
 
 
@@ -81,8 +92,12 @@ def validation_message(
         message = err["msg"]
         message = message[0].lower() + message[1:] if message else message
         message = message.replace("input should be", "must be").replace("value error, ", "")
+        message = " ".join(message.split())
         if kind == "missing":
             lines.append(f"{where}: required field is missing")
+        elif not loc or (kind == "value_error" and isinstance(err.get("input"), dict)):
+            # A rule over several fields of a section: its message names them.
+            lines.append(f"{where}: {message}" if where else message)
         else:
             lines.append(f"{where}: {message}, got {format_value(err.get('input'))}")
     return "; ".join(lines)
@@ -91,7 +106,7 @@ def validation_message(
 class Strict(BaseModel):
     """Base for recipe sections: unknown keys are errors, values are checked on assignment."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class OptimizerConfig(Strict):
@@ -103,6 +118,22 @@ class OptimizerConfig(Strict):
     nesterov: bool = False
     weight_decay: float = Field(5.0e-4, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in betas):
+            raise ValueError("each beta must be in [0, 1)")
+        return betas
+
+    @model_validator(mode="after")
+    def _nesterov_needs_momentum(self) -> OptimizerConfig:
+        if self.nesterov and (self.name != "sgd" or self.momentum == 0):
+            raise ValueError(
+                "nesterov: true needs the sgd optimizer with a momentum greater than 0, got "
+                f"optimizer {self.name!r} with momentum {self.momentum}"
+            )
+        return self
 
 
 class ScheduleConfig(Strict):

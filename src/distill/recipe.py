@@ -5,6 +5,10 @@ field. Every error names the field, the value given and what would be right, e.g
 
     stages.2.temperature: must be greater than 0, got -1.0
     stages.1.method: unknown method 'kdd' (did you mean 'kd'?); allowed: train, kd, ...
+
+YAML is read by :func:`load_yaml` (recipe files and ``--set`` values alike), which also
+refuses a key given twice in one mapping, aliases that expand to more than
+:data:`YAML_MAX_VALUES` values and nesting deeper than :data:`YAML_MAX_DEPTH` levels.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from .checks import name_problem
 from .config import (
     TRAIN_FIELDS,
     DataConfig,
@@ -33,6 +38,82 @@ from .methods import METHODS, StageSpec
 from .tasks import TASKS
 
 TOP_LEVEL_KEYS = ("seed", "task", "data", "models", "train", "stages")
+#: The largest integer a recipe may hold (int64): larger ones overflow torch and NumPy.
+INT_MAX = 2**63 - 1
+#: How many values a YAML document may expand to through its aliases (an "alias bomb" of a
+#: few lines expands to billions), and how deeply it may nest.
+YAML_MAX_VALUES = 100_000
+YAML_MAX_DEPTH = 50
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line for a YAML error: where (line and column) and what is wrong."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    problem = getattr(exc, "problem", None) or (str(exc).splitlines() or ["invalid YAML"])[0]
+    return f"malformed YAML{where}: {' '.join(problem.split())}"
+
+
+def _check_nodes(node: yaml.Node, memo: dict[int, tuple[int, int]], active: set[int]) -> tuple[
+    int, int
+]:
+    """``(values, depth)`` of ``node`` with its aliases expanded (shared nodes counted once
+    per use, computed once); raises :class:`ConfigError` for a duplicate key, a recursive
+    alias, or a document too large or too deep."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    if key in active:
+        raise ConfigError(f"an alias refers to itself at line {node.start_mark.line + 1}")
+    active.add(key)
+    size, depth = 1, 0
+    children: list[yaml.Node] = []
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[tuple[str, str], int] = {}
+        for key_node, value_node in node.value:
+            children += [key_node, value_node]
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                continue
+            line, ident = key_node.start_mark.line + 1, (key_node.tag, key_node.value)
+            if ident in seen:
+                raise ConfigError(
+                    f"duplicate key {key_node.value!r} at lines {seen[ident]} and {line}: a key "
+                    "may appear once in a mapping (the second would silently replace the first)"
+                )
+            seen[ident] = line
+    elif isinstance(node, yaml.SequenceNode):
+        children = list(node.value)
+    for child in children:
+        child_size, child_depth = _check_nodes(child, memo, active)
+        size, depth = size + child_size, max(depth, child_depth + 1)
+        if size > YAML_MAX_VALUES:
+            raise ConfigError(
+                f"the YAML expands to more than {YAML_MAX_VALUES:,} values through its aliases "
+                "(&name / *name); write the values out"
+            )
+        if depth > YAML_MAX_DEPTH:
+            raise ConfigError(f"the YAML nests more than {YAML_MAX_DEPTH} levels deep")
+    active.discard(key)
+    memo[key] = (size, depth)
+    return size, depth
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load(text)`` (no tag can run code) that also refuses duplicate keys, alias
+    bombs and deep nesting. Raises :class:`ConfigError` with one line saying what is wrong."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_nodes(node, {}, set())
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        raise ConfigError(yaml_problem(exc)) from None
+    except RecursionError:
+        raise ConfigError(f"the YAML nests more than {YAML_MAX_DEPTH} levels deep") from None
+    finally:
+        loader.dispose()
 
 
 @dataclass
@@ -85,9 +166,9 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
         raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. train.epochs=2")
     path, _, text = assignment.partition("=")
     try:
-        value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {assignment!r}: the value is not valid YAML ({exc})") from None
+        value = load_yaml(text) if text.strip() else None
+    except ConfigError as exc:
+        raise ConfigError(f"--set {assignment!r}: {exc}") from None
     parts = [p for p in path.strip().split(".")]
     if not parts or any(not p for p in parts):
         raise ConfigError(f"--set {assignment!r}: the key {path!r} is not a dotted path")
@@ -131,12 +212,9 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if not path.is_file():
         raise ConfigError(f"recipe file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+        raw = load_yaml(path.read_text(encoding="utf-8"))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a text file (UTF-8 YAML expected)") from None
     return parse_recipe(raw, overrides=overrides, source=str(path))
@@ -154,6 +232,7 @@ def parse_recipe(
     raw = copy.deepcopy(raw)
     for assignment in overrides:
         apply_override(raw, assignment)
+    _check_integers(raw, "")
     for key in raw:
         if key not in TOP_LEVEL_KEYS:
             raise ConfigError(
@@ -179,6 +258,9 @@ def parse_recipe(
         )
     models: dict[str, ModelConfig] = {}
     for name, spec in models_raw.items():
+        problem = name_problem(name)
+        if problem is not None:
+            raise ConfigError(f"models: the model name {format_value(name)} {problem}")
         if isinstance(spec, str):
             spec = {"arch": spec}
         models[str(name)] = _validate(ModelConfig, spec, f"models.{name}")
@@ -224,6 +306,11 @@ def _parse_stage(
     spec_cls = METHODS[method]
     own = {k: v for k, v in stage.items() if k not in TRAIN_FIELDS and k != "train"}
     overrides = {k: v for k, v in stage.items() if k in TRAIN_FIELDS}
+    if stage.get("train") is not None and not isinstance(stage["train"], dict):
+        raise ConfigError(
+            f"{where}.train: must be a mapping of training settings (e.g. {{epochs: 5}}), got "
+            f"{format_value(stage['train'])}"
+        )
     if isinstance(stage.get("train"), dict):
         overrides = deep_merge(stage["train"], overrides)
     merged = deep_merge(train_raw, overrides)
@@ -232,7 +319,7 @@ def _parse_stage(
     except ValidationError as exc:
         rename = {k: f"{where}.{k}" for k in overrides}
         rename.update({k: f"train.{k}" for k in TRAIN_FIELDS if k not in overrides})
-        raise ConfigError(validation_message(exc, TrainConfig, rename=rename)) from None
+        raise ConfigError(validation_message(exc, TrainConfig, where, rename=rename)) from None
     spec = _validate(spec_cls, {**own, "train": train}, where)
     for field_name, model_name in spec.references():
         if model_name not in models:
@@ -241,6 +328,21 @@ def _parse_stage(
                 f"{did_you_mean(model_name, models)}; models defined: {', '.join(models)}"
             )
     return spec
+
+
+def _check_integers(value: Any, where: str) -> None:
+    """Refuse integers beyond int64 anywhere in the recipe, naming the field."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_integers(item, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_integers(item, f"{where}.{index}")
+    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT_MAX:
+        raise ConfigError(
+            f"{where}: {format_value(value)} is too large; integers must lie within "
+            f"±{INT_MAX} (2**63 - 1)"
+        )
 
 
 def _check_dependencies(recipe: Recipe) -> None:

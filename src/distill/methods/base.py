@@ -22,7 +22,7 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from ..cache import CacheSettings
-from ..checks import Temperature, Weight
+from ..checks import Name, Temperature, Weight
 from ..config import Strict, TrainConfig
 from ..errors import ConfigError, did_you_mean
 from ..tasks import Batch, Task, get_task
@@ -289,7 +289,7 @@ class StageSpec(Strict):
     """
 
     method: str
-    name: str | None = None
+    name: Name | None = None
     train: TrainConfig = Field(default_factory=TrainConfig)
 
     #: How ``distill demo --methods`` adds this method (``None``: not in the demo).

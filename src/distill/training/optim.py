@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..config import OptimizerConfig, ScheduleConfig, TrainConfig
-from ..errors import DistillError
+from ..errors import ConfigError, DistillError
 
 OptimizerFactory = Callable[[list[nn.Parameter], OptimizerConfig], torch.optim.Optimizer]
 
@@ -97,7 +97,10 @@ class Optimizers:
             raise DistillError("the method has no trainable parameters")
         self.config = config
         make = OPTIMIZERS[config.optimizer.name]
-        self.optimizers = {k: make(v, config.optimizer) for k, v in self.groups.items()}
+        try:
+            self.optimizers = {k: make(v, config.optimizer) for k, v in self.groups.items()}
+        except ValueError as exc:  # a combination of settings torch refuses
+            raise ConfigError(f"optimizer {config.optimizer.name}: {exc}") from None
 
         def factor(step: int) -> float:
             return lr_factor(config.schedule, step, steps_per_epoch, config.epochs)
