@@ -351,6 +351,12 @@ def run(recipe: dict[str, Any], out: Path) -> dict[str, Any]:
             fingerprint
         )
 
+    if progress.is_file() and not ours():
+        # `--resume` would keep the stages that did not change; a benchmark never mixes runs.
+        raise distill.ConfigError(
+            f"--out {out}: holds the outputs of a different recipe "
+            f"({json.loads(progress.read_text()).get('source')})"
+        )
     spent = json.loads(wall_file.read_text())["seconds"] if ours() and wall_file.is_file() else 0.0
     if done.is_file() and ours():
         return {**json.loads(done.read_text()), "wall_seconds": spent}

@@ -105,13 +105,21 @@ def test_resume_gives_same_weights_as_straight_run(
     )
 
 
-def test_refuses_to_mix_recipes(tmp_path: Path, tiny_recipe: dict) -> None:
+def test_a_run_needs_resume_and_a_changed_seed_trains_every_stage_again(
+    tmp_path: Path, tiny_recipe: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "run"
     run(tiny_recipe, out)
     tiny_recipe["seed"] = 1
-    with pytest.raises(ConfigError, match="different recipe"):
-        run(tiny_recipe, out, resume=True)
-    assert (out / "summary.json").is_file()
+    with pytest.raises(ConfigError, match="already holds a run; pass --resume"):
+        run(tiny_recipe, out)
+    capsys.readouterr()
+    run(tiny_recipe, out, resume=True)
+    log = capsys.readouterr().out
+    assert "the recipe changed (seed: 0 -> 1)" in log
+    assert "trained again: teacher, student, student_kd; kept: none" in log
+    run(tiny_recipe, tmp_path / "seed1")
+    assert_same_weights(final_weights(tmp_path / "seed1"), final_weights(out))
 
 
 def test_resume_of_finished_run_trains_nothing(tmp_path: Path, tiny_recipe: dict) -> None:

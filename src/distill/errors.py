@@ -40,4 +40,17 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str:
 
 
 class NonFiniteLossError(DistillError):
-    """The loss became NaN or infinite during training."""
+    """The loss, the trained weights or a validation metric became NaN or infinite."""
+
+
+class DiskFullError(DistillError):
+    """No space was left on the device (or the quota was reached) while writing a file."""
+
+
+class Interrupted(KeyboardInterrupt):  # noqa: N818 - reads as what happened
+    """A stop signal (SIGINT, SIGTERM) ended the command; ``signum`` says which. A
+    ``KeyboardInterrupt``, so that no ``except Exception`` swallows it."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum

@@ -7,18 +7,31 @@ renamed over the target, so a file on disk is always whole. Loading uses
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, DiskFullError
+
+#: The names of the temporary files and folders of :func:`atomic_write_bytes` and
+#: :func:`write_folder`: ``.NAME.XXXXXXXX.tmp`` (8 random characters).
+_TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+
+
+def is_temporary(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is named as this module's temporary files are (so a clean-up after a
+    crash removes those, and nothing of anyone else's)."""
+    return _TEMPORARY.fullmatch(Path(path).name) is not None
 
 
 def fsync_dir(directory: Path) -> None:
@@ -39,19 +52,35 @@ def atomic_write_bytes(path: str | os.PathLike, write: Any) -> None:
     """Write a file atomically: ``write(fileobj)`` fills a temporary file that then replaces
     ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with disk_full_said(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            fsync_dir(path.parent)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+
+@contextlib.contextmanager
+def disk_full_said(path: Path) -> Iterator[None]:
+    """Turn "no space left on device" (or a full quota) while writing ``path`` into a
+    :class:`~distill.errors.DiskFullError` that names it."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or isinstance(exc, DiskFullError):
+            raise
+        raise DiskFullError(
+            f"no space left on device while writing {path}; nothing of that write is kept and "
+            "the files written before it are whole: free some space",
+        ) from exc
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
@@ -79,9 +108,21 @@ def safe_load(path: str | os.PathLike) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, wrong format, pickled code...
         raise CheckpointError(
-            f"checkpoint {path} cannot be read ({type(exc).__name__}: {str(exc)[:200]}); it may "
-            "be truncated or not a distill checkpoint"
+            f"checkpoint {path} cannot be read ({load_problem(exc)}); it may be truncated or "
+            "not a distill checkpoint"
         ) from exc
+
+
+def load_problem(exc: BaseException) -> str:
+    """One line for why ``torch.load(weights_only=True)`` refused a file: the point of torch's
+    long refusal of pickled code is kept ("refused: the file would need to run code to load",
+    and which code)."""
+    text = " ".join(str(exc).split())
+    if "Weights only load failed" in text:
+        named = re.search(r"GLOBAL (\S+)", text)
+        code = f" ({named.group(1)})" if named else ""
+        return f"refused: the file would need to run code to load{code}"
+    return f"{type(exc).__name__}: {text[:200]}"
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -113,8 +154,9 @@ def write_folder(target: str | os.PathLike, fill: Callable[[Path], None]) -> Non
     staging.mkdir()
     old: Path | None = None
     try:
-        fill(staging)
-        _fsync_tree(staging)
+        with disk_full_said(target):
+            fill(staging)
+            _fsync_tree(staging)
         if target.exists():
             old = parent / f".{target.name}.{uuid.uuid4().hex[:8]}.old"
             os.rename(target, old)

@@ -14,7 +14,12 @@ Layout of a run directory (``--out DIR``)::
 
 Each phase's epoch checkpoints are removed once its ``final.pt`` is on disk. A resumed run
 replays finished phases from their ``final.pt`` and continues the unfinished one from its
-newest whole epoch checkpoint.
+newest whole epoch checkpoint. Each finished phase is recorded with its stage's fingerprint
+(:meth:`Recipe.stage_fingerprints`): after the recipe changed, ``--resume`` keeps the phases
+of the stages whose fingerprint is unchanged and trains the others again. ``metrics.jsonl``
+of a resumed run is rebuilt from the recorded histories, so it ends as an uninterrupted run's.
+The folder's rules (which folders a run may use, its lock, where it may write) are
+:mod:`distill.rundir`'s.
 """
 
 from __future__ import annotations
@@ -47,15 +52,14 @@ from .files import atomic_save, atomic_write_json, atomic_write_text, safe_load
 from .methods import Phase, StageContext, TeacherFields
 from .models import count_parameters, create, load_model_weights, save_model, save_trained
 from .models.normalization import Renormalize, forget_input_normalization, renormalizer
-from .recipe import Recipe
+from .recipe import Recipe, load_yaml, recipe_changes
+from .rundir import PROGRESS_FORMAT, RunFolder
 from .seeding import derive_seed, seed_everything
 from .tasks import get_task
 from .teachers import Teacher
 from .tracking import Tracking
-from .training import Trainer, evaluate, get_accelerator
+from .training import Trainer, check_finite, check_processes, evaluate, get_accelerator
 from .training.fsdp import check_blocks, for_inference
-
-PROGRESS_FORMAT = "distill-progress/1"
 
 
 class Pipeline:
@@ -101,7 +105,8 @@ class Pipeline:
         # Models whose teacher inputs are re-normalised: name -> the line said about it.
         self.notes: dict[str, str] = {}
         self.state: dict[str, Any] = {}
-        self.metrics: list[dict[str, Any]] = []
+        self.folder = RunFolder(self.out, self.log)
+        self.fingerprints = dict(zip(self.stage_names, recipe.stage_fingerprints(), strict=True))
         self.tracking = Tracking(recipe.train.log_with, main=self.is_main)
 
     # -- setup ---------------------------------------------------------------------------
@@ -111,68 +116,88 @@ class Pipeline:
         return self.accelerator.is_main_process
 
     def _prepare_out_dir(self) -> None:
-        """Refuse to mix two recipes' outputs, or to overwrite a run without ``--resume``."""
-        progress_path = self.out / "progress.json"
-        fingerprint = self.recipe.fingerprint()
-        if self.out.exists() and not self.out.is_dir():
-            raise ConfigError(f"--out {self.out}: exists and is not a directory")
-        if progress_path.is_file():
-            try:
-                state = json.loads(progress_path.read_text())
-            except (OSError, json.JSONDecodeError) as exc:
-                raise DistillError(f"{progress_path} is damaged ({exc}); move it away") from None
-            if state.get("fingerprint") != fingerprint:
-                raise ConfigError(
-                    f"--out {self.out}: holds the outputs of a different recipe "
-                    f"({state.get('source')}); choose another --out directory (or delete "
-                    "this one) so they are not overwritten"
-                )
-            if not self.resume:
-                raise ConfigError(
-                    f"--out {self.out}: already holds a run of this recipe; pass --resume to "
-                    "continue it, or choose another --out directory"
-                )
-            self.state = state
-        else:
-            if self.out.is_dir() and (self.out / "summary.json").exists():
-                raise ConfigError(
-                    f"--out {self.out}: holds the outputs of another run; choose another --out"
-                )
-            self.state = {
-                "format": PROGRESS_FORMAT,
-                "fingerprint": fingerprint,
-                "source": self.recipe.source,
-                "phases": {},
-            }
-        # Every process has read the directory's state; only then may the main one write.
+        """Take the run folder: refuse a file or a folder of other files, take its lock and
+        read its progress. A run already in the folder needs ``--resume``; then the finished
+        phases of the stages whose part of the recipe changed are forgotten (said in the log)."""
+        if self.is_main:
+            self.folder.check_usable()
+            self.folder.lock()
+        self.accelerator.wait_for_everyone()
+        state = self.folder.read_progress()
+        started = state is not None and bool(state["phases"] or state.get("started"))
+        if started and not self.resume:
+            raise ConfigError(
+                f"--out {self.out}: already holds a run; pass --resume to continue it (the "
+                "stages whose part of the recipe is unchanged are kept), or choose another --out"
+            )
+        if self.resume and not started:
+            self.log(f"--resume: {self.out} holds no run to continue yet; starting one")
+        self.state = {
+            "format": PROGRESS_FORMAT,
+            "fingerprint": self.recipe.fingerprint(),
+            "source": self.recipe.source,
+            "phases": {},
+            "started": {},
+        }
+        if started:
+            assert state is not None
+            self._keep_unchanged(state)
+        # Every process has read the folder's state; only then may the main one write.
         self.accelerator.wait_for_everyone()
         if self.is_main:
-            # Temporary files of writes cut short by a crash: never whole, never needed.
-            if self.out.is_dir():
-                for stale in self.out.rglob(".*.tmp"):
-                    if stale.is_dir():
-                        shutil.rmtree(stale, ignore_errors=True)
-                    else:
-                        stale.unlink(missing_ok=True)
-            try:
-                (self.out / "checkpoints").mkdir(parents=True, exist_ok=True)
-                probe = self.out / ".write-test"
-                probe.write_text("ok")
-                probe.unlink()
-            except OSError as exc:
-                raise ConfigError(
-                    f"--out {self.out}: cannot write there ({exc.strerror}); choose a writable "
-                    "directory"
-                ) from None
+            self.folder.clean_temporaries()
             atomic_write_text(
-                self.out / "recipe.yaml", yaml.safe_dump(self.recipe.raw, sort_keys=False)
+                self.folder.path("recipe.yaml"), yaml.safe_dump(self.recipe.raw, sort_keys=False)
             )
             self._save_state()
+            self.folder.path("checkpoints").mkdir(exist_ok=True)
         self.accelerator.wait_for_everyone()
+
+    def _keep_unchanged(self, old: dict[str, Any]) -> None:
+        """Take over ``old`` progress for the stages whose fingerprint is unchanged; forget
+        the finished phases of the others and remove the epoch checkpoints of those started."""
+        same_recipe = old.get("fingerprint") == self.recipe.fingerprint()
+
+        def unchanged(key: str, fingerprint: str | None) -> bool:
+            stage = key.split("/", 1)[0]
+            known = self.fingerprints.get(stage)
+            return known is not None and (fingerprint or (known if same_recipe else None)) == known
+
+        phases, started = old["phases"], old.get("started", {})
+        kept = {k: r for k, r in phases.items() if unchanged(k, r.get("fingerprint"))}
+        own = ("fingerprint", "source", "phases", "started")
+        self.state.update({k: v for k, v in old.items() if k not in own})
+        self.state["phases"] = kept
+        self.state["started"] = {k: f for k, f in started.items() if unchanged(k, f)}
+        place = {name: i for i, name in enumerate(self.stage_names)}
+        dropped = sorted(
+            {k.split("/", 1)[0] for k in [*phases, *started] if k not in kept},
+            key=lambda name: (place.get(name, len(place)), name),
+        )
+        if same_recipe or not dropped:
+            return
+        if self.is_main:
+            for stage in dropped:
+                stage_dir = self.folder.path("checkpoints", stage)
+                if stage_dir.is_dir():
+                    for path in stage_dir.glob("*/epoch_*.pt"):
+                        path.unlink(missing_ok=True)
+        try:
+            before = load_yaml(self.folder.path("recipe.yaml").read_text(encoding="utf-8"))
+            changes = recipe_changes(before, self.recipe.raw)
+        except (OSError, UnicodeDecodeError, DistillError):
+            changes = ["the previous recipe.yaml cannot be read"]
+        more = f"; and {len(changes) - 4} more" if len(changes) > 4 else ""
+        shown = "; ".join(changes[:4]) + more
+        kept_stages = sorted({k.split("/", 1)[0] for k in kept}, key=place.__getitem__)
+        self.log(
+            f"--resume: the recipe changed ({shown or 'nothing that changes weights'}); "
+            f"trained again: {', '.join(dropped)}; kept: {', '.join(kept_stages) or 'none'}"
+        )
 
     def _save_state(self) -> None:
         if self.is_main:
-            atomic_write_json(self.out / "progress.json", self.state)
+            atomic_write_json(self.folder.path("progress.json"), self.state)
 
     def _load_data(self) -> DataBundle:
         if self.bundle is None:
@@ -214,10 +239,17 @@ class Pipeline:
 
     def run(self) -> dict[str, Any]:
         """Run every stage (skipping finished phases when resuming); return the summary."""
-        self._prepare_out_dir()
+        try:
+            self._prepare_out_dir()
+            return self._run()
+        finally:
+            self.folder.unlock()
+
+    def _run(self) -> dict[str, Any]:
         self.tracking.start(self.out, self.recipe.raw, self.log)
         self.notes.update(self.state.get("notes", {}))  # said by phases finished before a resume
         bundle = self._load_data()
+        self._check_same_data(bundle)
         self._build_models(bundle)
         collate = bundle.collate or default_collate
         sample = collate([as_item(bundle.train[i], i) for i in range(min(8, len(bundle.train)))])
@@ -232,7 +264,8 @@ class Pipeline:
                 name, settings, temperature, bundle
             ),
         )
-        for spec in self.recipe.stages:
+        for index, spec in enumerate(self.recipe.stages):
+            check_processes(spec.train, self.accelerator, f"stages.{index}")
             spec.check(ctx)
         self._check_sharding()
         stage_results = []
@@ -242,8 +275,8 @@ class Pipeline:
             phases = spec.phases(ctx)
             stage_seconds = 0.0
             phase_results = []
-            for phase in phases:
-                record = self._run_phase(index, stage_name, spec.method, phase, bundle)
+            for order, phase in enumerate(phases):
+                record = self._run_phase((index, order), stage_name, spec.method, phase, bundle)
                 stage_seconds += record["seconds"]
                 phase_results.append(record)
             ctx.trained.update(spec.produces())
@@ -282,7 +315,9 @@ class Pipeline:
             )
         summary = self._summarise(bundle, stage_results)
         if self.is_main:
-            atomic_write_json(self.out / "summary.json", summary)
+            if self.resume:
+                self._rewrite_metrics()
+            atomic_write_json(self.folder.path("summary.json"), summary)
             from .report import write_report
 
             write_report(self.out, summary, self._read_metrics())
@@ -308,9 +343,11 @@ class Pipeline:
         meta = self.task.model_options(bundle)
         for name in names:
             model = self.models[name]
-            save_model(model, self.out / "checkpoints" / f"{name}.pt", stage=stage_name, **meta)
+            check_finite(model.state_dict(), f"model {name!r} (stage {stage_name!r})")
+            path = self.folder.path("checkpoints", f"{name}.pt")
+            save_model(model, path, stage=stage_name, **meta)
             tokenizer = getattr(bundle, "tokenizer", None)
-            save_trained(model, self.out / "models" / name, tokenizer=tokenizer, **meta)
+            save_trained(model, self.folder.path("models", name), tokenizer=tokenizer, **meta)
 
     def _by_model(self, method: nn.Module, found: dict[str, Any]) -> dict[str, Any]:
         """``found`` (keyed by the method's attribute names) keyed by the recipe's model names,
@@ -324,20 +361,66 @@ class Pipeline:
         return named
 
     def _phase_dir(self, stage_name: str, phase: Phase) -> Path:
-        return self.out / "checkpoints" / stage_name / phase.name
+        phase_dir = self.folder.path("checkpoints", stage_name, phase.name)
+        if phase_dir.exists() and not phase_dir.is_dir():
+            raise CheckpointError(
+                f"{phase_dir} should be the folder of a phase's checkpoints but is a file; "
+                "move it away, then resume"
+            )
+        return phase_dir
 
-    def _run_phase(
-        self, index: int, stage_name: str, method_name: str, phase: Phase, bundle: DataBundle
-    ) -> dict[str, Any]:
-        key = f"{stage_name}/{phase.name}"
-        phase_dir = self._phase_dir(stage_name, phase)
-        done = self.state["phases"].get(key)
-        if done is not None:
+    def _check_same_data(self, bundle: DataBundle) -> None:
+        """Refuse to continue a run on other data than it started with (the data's content
+        changed, or another ``--data-dir``, while its settings in the recipe did not)."""
+        settings = self.recipe.data.model_dump(mode="json", exclude={"dir", "num_workers"})
+        splits = [bundle.train, *([bundle.val] if bundle.val is not None else [])]
+        found = {"fingerprint": "/".join(map(dataset_fingerprint, splits)), "settings": settings}
+        known = self.state.get("data")
+        trained = self.state["phases"] or self.state["started"]
+        if trained and isinstance(known, dict) and known.get("settings") == settings:
+            if known.get("fingerprint") != found["fingerprint"]:
+                raise ConfigError(
+                    f"--out {self.out}: this run was trained on other data than it is given now "
+                    f"(the data's fingerprint was {known.get('fingerprint')}, now "
+                    f"{found['fingerprint']}: another --data-dir or changed files?); resume "
+                    "with the data it started with, or start a new run in another --out"
+                )
+        self.state["data"] = found
+
+    def _restore(self, key: str, phase: Phase, phase_dir: Path) -> bool:
+        """Load a finished phase's weights from its ``final.pt``; ``False`` (said in the log)
+        when that file is missing or damaged: the phase is then trained again."""
+        try:
             final = safe_load(phase_dir / "final.pt")
             for name in phase.models:
                 self.models[name].load_state_dict(final["models"][name])
+        except (CheckpointError, KeyError, TypeError, RuntimeError) as exc:
+            problem = " ".join(str(exc).split())[:160]
+            self.log(
+                f"[{key}] {phase_dir / 'final.pt'} cannot be used ({problem}); training the "
+                "phase again"
+            )
+            del self.state["phases"][key]
+            return False
+        return True
+
+    def _run_phase(
+        self,
+        place: tuple[int, int],
+        stage_name: str,
+        method_name: str,
+        phase: Phase,
+        bundle: DataBundle,
+    ) -> dict[str, Any]:
+        index = place[0]
+        key = f"{stage_name}/{phase.name}"
+        phase_dir = self._phase_dir(stage_name, phase)
+        done = self.state["phases"].get(key)
+        if done is not None and self._restore(key, phase, phase_dir):
             self.log(f"[{stage_name}] {phase.name}: already finished, weights restored")
             return {"phase": phase.name, "models": phase.models, **done}
+        self.state["started"][key] = self.fingerprints[stage_name]
+        self._save_state()
 
         # Seeded so that adapters a method creates are the same in a resumed run.
         seed_everything(derive_seed(self.recipe.seed, index, stage_name, phase.name, "build"))
@@ -348,12 +431,19 @@ class Pipeline:
             self._phase = None
         data = self.recipe.data
         resuming = self.resume and any(phase_dir.glob("epoch_*.pt"))
-        if self.resume:
-            self._truncate_metrics(key, phase_dir if resuming else None)
+        if self.resume and self.is_main:
+            self._rewrite_metrics()  # the lines of this phase come again, from its checkpoint
 
         def on_epoch_end(record: dict[str, Any]) -> None:
             self._append_metrics(stage_name, phase.name, method_name, record)
             self.tracking.log_epoch(stage_name, phase.name, record, self.state["phases"])
+
+        def on_resume(history: list[dict[str, Any]]) -> None:
+            if self.is_main:
+                for record in history:
+                    self._write_metric_lines(
+                        self._metric_lines(stage_name, phase.name, method_name, record)
+                    )
 
         trainer = Trainer(
             phase.config,
@@ -364,6 +454,7 @@ class Pipeline:
             seed=derive_seed(self.recipe.seed, index, stage_name, phase.name),
             checkpoint_dir=phase_dir,
             on_epoch_end=on_epoch_end,
+            on_resume=on_resume,
             progress=self.progress,
             desc=f"[{stage_name}] {phase.name}",
             device=self.device,
@@ -375,7 +466,13 @@ class Pipeline:
         result = trainer.fit(method, train_data, bundle.val, eval_models, resume=resuming)
         if phase.after is not None:
             phase.after(method)
-        record: dict[str, Any] = {"history": result.history, "seconds": result.seconds}
+        record: dict[str, Any] = {
+            "history": result.history,
+            "seconds": result.seconds,
+            "method": method_name,
+            "order": list(place),
+            "fingerprint": self.fingerprints[stage_name],
+        }
         if self.accelerator.num_processes > 1:  # parameter bytes per process, by model
             record["placement"] = self._by_model(method, result.placement)
         for teacher in self._phase_teachers:
@@ -391,12 +488,13 @@ class Pipeline:
                 "filled": round(cache.filled_fraction, 4),
                 "teacher_calls": teacher.calls,
             }
+        weights = {n: self.models[n].state_dict() for n in phase.models}
+        for name, state in weights.items():
+            check_finite(state, f"[{stage_name}] {phase.name}: model {name!r}")
         if self.is_main:
-            atomic_save(
-                {"models": {n: self.models[n].state_dict() for n in phase.models}},
-                phase_dir / "final.pt",
-            )
+            atomic_save({"models": weights}, phase_dir / "final.pt")
             self.state["phases"][key] = record
+            self.state["started"].pop(key, None)
             self._save_state()
             for path in phase_dir.glob("epoch_*.pt"):
                 path.unlink(missing_ok=True)
@@ -443,7 +541,7 @@ class Pipeline:
             tuple(probe.shape[1:]),
             fingerprint[:16],
             cache_settings,
-            directory=self.out / "cache" / stage_name / phase_name,
+            directory=self.folder.path("cache", stage_name, phase_name),
             temperature=temperature,
             log=self.log,
         )
@@ -485,9 +583,10 @@ class Pipeline:
 
     # -- metrics -------------------------------------------------------------------------
 
-    def _append_metrics(self, stage: str, phase: str, method: str, record: dict[str, Any]) -> None:
-        if not self.is_main:
-            return
+    def _metric_lines(
+        self, stage: str, phase: str, method: str, record: dict[str, Any]
+    ) -> list[str]:
+        """The ``metrics.jsonl`` lines of one epoch's record (one per evaluated model)."""
         lines = []
         for model, val in (record["val"] or {"": {}}).items():
             line = {
@@ -502,39 +601,45 @@ class Pipeline:
                 "lr": record["lr"],
             }
             lines.append(json.dumps(line))
-        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write("\n".join(lines) + "\n")
-            f.flush()
+        return lines
+
+    def _append_metrics(self, stage: str, phase: str, method: str, record: dict[str, Any]) -> None:
+        if self.is_main:
+            self._write_metric_lines(self._metric_lines(stage, phase, method, record))
+
+    def _write_metric_lines(self, lines: list[str]) -> None:
+        if lines:
+            with open(self.folder.path("metrics.jsonl"), "a", encoding="utf-8") as f:
+                f.write("\n".join(lines) + "\n")
+                f.flush()
 
     def _read_metrics(self) -> list[dict[str, Any]]:
-        path = self.out / "metrics.jsonl"
+        path = self.folder.path("metrics.jsonl")
         if not path.is_file():
             return []
         records = []
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut by a crash
+            if isinstance(record, dict):
+                records.append(record)
         return records
 
-    def _truncate_metrics(self, key: str, phase_dir: Path | None) -> None:
-        """Drop metric lines that a resumed phase will write again (epochs after its newest
-        checkpoint, or all of them when it starts over)."""
-        if not self.is_main:
-            return
-        keep_until = 0
-        if phase_dir is not None:
-            newest = sorted(phase_dir.glob("epoch_*.pt"))
-            if newest:
-                keep_until = int(newest[-1].stem.split("_")[1])
-        stage, phase = key.split("/", 1)
-        kept = [
-            r
-            for r in self._read_metrics()
-            if not (r.get("stage") == stage and r.get("phase") == phase and r["epoch"] > keep_until)
-        ]
-        atomic_write_text(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
+    def _rewrite_metrics(self) -> None:
+        """Write ``metrics.jsonl`` again from the histories of the finished phases, in the
+        order of the recipe (a line cut by a crash, or of a phase trained again, is gone)."""
+        finished = sorted(
+            self.state["phases"].items(), key=lambda item: item[1].get("order", [1 << 30])
+        )
+        lines = []
+        for key, record in finished:
+            stage, phase = key.split("/", 1)
+            method = record.get("method", "")
+            for epoch in record["history"]:
+                lines += self._metric_lines(stage, phase, method, epoch)
+        atomic_write_text(self.folder.path("metrics.jsonl"), "".join(f"{line}\n" for line in lines))
 
     # -- summary -------------------------------------------------------------------------
 
@@ -577,6 +682,7 @@ class Pipeline:
                     accelerator=self.accelerator,
                     collate=bundle.collate,
                 )
+                check_finite(found, f"model {name!r}: its {split} metrics")
                 entry.update({f"{split}_{m}": found[m] for m in self.task.summary_metrics})
             models[name] = entry
         samples = None

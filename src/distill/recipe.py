@@ -141,6 +141,37 @@ class Recipe:
         text = json.dumps(self.raw, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
+    def stage_fingerprints(self) -> list[str]:
+        """A hash per stage of everything its weights depend on: the seed, the task, the data
+        settings, the stage's place, name and fields (with its training settings), the entries
+        of the models it uses or trains, and the fingerprints of the stages that trained those
+        models before it. ``--resume`` keeps the finished stages whose hash is unchanged.
+
+        Left out: what changes no weight (``data.num_workers``, ``train.log_with``) and where
+        the data lies (``data.dir``: the data's content is checked on its own)."""
+        common = {
+            "seed": self.seed,
+            "task": self.task,
+            "data": self.data.model_dump(mode="json", exclude={"dir", "num_workers"}),
+        }
+        trained_by: dict[str, str] = {}
+        prints: list[str] = []
+        for index, (spec, name) in enumerate(zip(self.stages, self.stage_names(), strict=True)):
+            fields = spec.model_dump(mode="json")
+            fields["train"].pop("log_with", None)
+            models = sorted({*spec.uses(), *spec.produces()})
+            content = {
+                **common,
+                "stage": [index, name, fields],
+                "models": {
+                    m: [self.models[m].model_dump(mode="json"), trained_by.get(m)] for m in models
+                },
+            }
+            text = json.dumps(content, sort_keys=True, default=str)
+            prints.append(hashlib.sha256(text.encode()).hexdigest()[:16])
+            trained_by.update(dict.fromkeys(spec.produces(), prints[-1]))
+        return prints
+
     def stage_names(self) -> list[str]:
         """Unique names of the stages (``name``-2, -3... when two stages share a name)."""
         names: list[str] = []
@@ -151,6 +182,24 @@ class Recipe:
                 name, k = f"{base}-{k}", k + 1
             names.append(name)
         return names
+
+
+def recipe_changes(old: Any, new: Any, where: str = "") -> list[str]:
+    """``"PATH: OLD -> NEW"`` for each field that differs between two raw recipes."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [
+            change
+            for key in [*old, *(k for k in new if k not in old)]
+            for change in recipe_changes(
+                old.get(key), new.get(key), f"{where}.{key}" if where else str(key)
+            )
+        ]
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        pairs = enumerate(zip(old, new, strict=True))
+        return [c for i, (a, b) in pairs for c in recipe_changes(a, b, f"{where}.{i}")]
+    if old == new:
+        return []
+    return [f"{where or 'recipe'}: {format_value(old)} -> {format_value(new)}"]
 
 
 def _validate(model: type[BaseModel], value: Any, prefix: str) -> Any:

@@ -79,6 +79,16 @@ def as_batch(batch: Batch | torch.Tensor, targets: torch.Tensor | None = None) -
     return batch
 
 
+def check_one_after_another(grad_accum_steps: int, where: str = "grad_accum_steps") -> None:
+    """A method that updates its models one after another within a step
+    (:meth:`Distiller.step_losses`) steps after every batch: no gradient accumulation."""
+    if grad_accum_steps != 1:
+        raise ConfigError(
+            f"{where}: must be 1 for a method that updates its models one after another, got "
+            f"{grad_accum_steps}"
+        )
+
+
 class Distiller(nn.Module):
     """Base class of every method.
 

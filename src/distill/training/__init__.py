@@ -5,11 +5,11 @@ any task; nothing here knows a method by name."""
 from __future__ import annotations
 
 from .checkpoint import EpochCheckpoints, rng_state, set_rng_state
-from .distributed import DataParallel, get_accelerator, trained_members
+from .distributed import DataParallel, check_processes, get_accelerator, trained_members
 from .evaluate import evaluate
 from .loop import FitResult, Trainer
 from .optim import OPTIMIZERS, SCHEDULES, Optimizers, lr_factor
-from .signals import StopSignals, TrainingInterrupted
+from .signals import StopSignals, TrainingInterrupted, check_finite
 
 __all__ = [
     "OPTIMIZERS",
@@ -21,6 +21,8 @@ __all__ = [
     "StopSignals",
     "Trainer",
     "TrainingInterrupted",
+    "check_finite",
+    "check_processes",
     "evaluate",
     "get_accelerator",
     "lr_factor",

@@ -100,9 +100,11 @@ class EpochCheckpoints:
         for old in self.paths()[self.keep :]:
             old.unlink(missing_ok=True)
 
-    def latest(self) -> dict[str, Any] | None:
-        """The newest whole epoch checkpoint; a damaged one is reported and skipped."""
-        for path in self.paths():
+    def latest(self, phase: str = "the phase") -> dict[str, Any] | None:
+        """The newest whole epoch checkpoint; a damaged one is reported and skipped, and when
+        none can be read, that ``phase`` restarts from epoch 1 is said."""
+        paths = self.paths()
+        for path in paths:
             try:
                 state = safe_load(path)
             except CheckpointError as exc:
@@ -112,4 +114,6 @@ class EpochCheckpoints:
                 self.warn(f"warning: {path} is not an epoch checkpoint; skipped")
                 continue
             return state
+        if paths:
+            self.warn(f"warning: no epoch checkpoint can be read; restarting {phase} from epoch 1")
         return None

@@ -46,6 +46,19 @@ def get_accelerator(device: str = "auto") -> Accelerator:
     return _ACCELERATORS[cpu]
 
 
+def check_processes(config: TrainConfig, accelerator: Accelerator, where: str = "train") -> None:
+    """Refuse settings these processes cannot run (before anything trains): SyncBatchNorm over
+    CPU processes (torch's SyncBatchNorm runs on CUDA only)."""
+    if config.sync_batchnorm and accelerator.num_processes > 1:
+        if accelerator.device.type != "cuda":
+            raise ConfigError(
+                f"{where}.sync_batchnorm: true needs GPUs (torch's SyncBatchNorm runs on CUDA "
+                f"only), but the {accelerator.num_processes} processes run on the "
+                f"{accelerator.device.type}; set it to false (each process then keeps its own "
+                "BatchNorm statistics)"
+            )
+
+
 def sum_over_processes(tensor: torch.Tensor, accelerator: Accelerator) -> torch.Tensor:
     """``tensor`` summed over every process (itself with one process)."""
     if accelerator.num_processes == 1:

@@ -33,16 +33,16 @@ from ..data.batches import (
     channels_last,
     train_loader,
 )
-from ..errors import ConfigError, DistillError
-from ..methods.base import Distiller, Output, Progress
+from ..errors import DistillError
+from ..methods.base import Distiller, Output, Progress, check_one_after_another
 from ..precision import autocast, autocast_each, check_device
 from ..seeding import derive_seed, seed_everything
 from ..tasks import Task, get_task
 from .checkpoint import EpochCheckpoints, rng_state, set_rng_state
-from .distributed import get_accelerator, parallel, sum_over_processes
+from .distributed import check_processes, get_accelerator, parallel, sum_over_processes
 from .evaluate import RunningMeans, epoch_line, eval_loader, evaluate
 from .optim import Optimizers
-from .signals import NonFiniteGuard, StopSignals, TrainingInterrupted
+from .signals import NonFiniteGuard, StopSignals
 
 
 @dataclass
@@ -69,6 +69,7 @@ class Trainer:
         seed: the phase's seed (data order and RNG of each epoch derive from it).
         checkpoint_dir: where the epoch checkpoints go (``None``: no checkpoints).
         on_epoch_end: called with each epoch's record after its checkpoint is on disk.
+        on_resume: called with the records of the epochs a resumed phase had finished.
         progress: show a tqdm bar per epoch (main process only).
         desc: the bar's label.
         device: ``auto``, ``cpu`` or ``cuda``.
@@ -87,6 +88,7 @@ class Trainer:
         seed: int = 0,
         checkpoint_dir: str | Path | None = None,
         on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+        on_resume: Callable[[list[dict[str, Any]]], None] | None = None,
         progress: bool = True,
         desc: str = "train",
         device: str = "auto",
@@ -100,7 +102,7 @@ class Trainer:
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or 2 * batch_size
         self.seed = seed
-        self.on_epoch_end = on_epoch_end
+        self.on_epoch_end, self.on_resume = on_epoch_end, on_resume
         self.progress = progress
         self.desc = desc
         self.num_workers = num_workers
@@ -113,6 +115,7 @@ class Trainer:
             warn=tqdm.write,
         )
         check_device(config.precision, self.accelerator.device)
+        check_processes(config, self.accelerator)
 
     def fit(
         self,
@@ -145,18 +148,20 @@ class Trainer:
         val_loader = None if val_data is None else eval_loader(val_data, size, collate)
         self.method, self.train_data, self.result = method, train_data, FitResult()
         start, partial = 0, None
-        state = self.checkpoints.latest() if resume else None
+        state = self.checkpoints.latest(self.desc) if resume else None
         if state is not None:
             method.load_trainable_state_dict(state["method"])
             method.progress = Progress(**state["progress"])
             start = int(state["epoch"])
             self.result = FitResult(list(state["history"]), float(state["seconds"]))
             partial = state if state.get("batches_done") else None
+            if self.on_resume is not None:
+                self.on_resume(self.result.history)
         self.parallel = parallel(method, acc, cfg, self.desc)  # devices, wrappers or shards
         with self.parallel, StopSignals() as stop:  # optimizers take the parameters then
             groups = method.optimizer_groups()
             self.optim = Optimizers(groups, cfg, self.steps_per_epoch, acc.device)
-            self.guard = NonFiniteGuard(cfg, self.optim.zero_grad, self.desc)
+            self.guard = NonFiniteGuard(cfg, self.optim.zero_grad, self.desc, acc)
             if state is not None:
                 self.parallel.load_optimizer_state(self.optim, state)
                 set_rng_state(state["rng"])
@@ -169,16 +174,12 @@ class Trainer:
                         self.parallel.live(model), val_loader, self.task, accelerator=acc,
                         precision=cfg.precision,
                     )
+                self.guard.check_epoch(method, record)
                 self.result.seconds += record["seconds"]
                 self.result.history.append(record)
                 self._save(epoch + 1)
                 self._report(record)
-                if stop.received is not None and epoch + 1 < cfg.epochs:
-                    raise TrainingInterrupted(
-                        f"{self.desc}: stopped by {stop.name} after epoch {epoch + 1}; a "
-                        "checkpoint was written",
-                        stop.received,
-                    )
+                stop.raise_if_received(f"{self.desc} after epoch {epoch + 1}")  # the last too
         return self.result
 
     def _epoch(
@@ -227,11 +228,7 @@ class Trainer:
                     partial_seen=means.seen,
                     partial_seconds=time.perf_counter() - started,
                 )
-                raise TrainingInterrupted(
-                    f"{self.desc}: stopped by {stop.name} at epoch {epoch + 1}, step "
-                    f"{done}/{self.batches}; a checkpoint was written",
-                    stop.received,
-                )
+                stop.raise_if_received(f"{self.desc} at epoch {epoch + 1}, step {done}")
         self.sampler.skip = 0
         bar.close()
         method.epoch_end()
@@ -265,11 +262,7 @@ class Trainer:
                     outputs.append(out)
             else:  # the method updates its models one after another
                 joint = False
-                if cfg.grad_accum_steps != 1:
-                    raise ConfigError(
-                        "grad_accum_steps must be 1 for a method that updates its models one "
-                        f"after another, got {cfg.grad_accum_steps}"
-                    )
+                check_one_after_another(cfg.grad_accum_steps)
                 for name, out in autocast_each(sequence, acc.device, cfg.precision):
                     if self.guard.ok(out, epoch, index):
                         optim.backward(out.loss)
