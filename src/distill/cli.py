@@ -1,21 +1,37 @@
 """The ``distill`` command.
 
-Exit codes: 0 success; 2 a problem with the input (recipe, data, checkpoint, arguments),
-reported in one line without a traceback (``--debug`` shows it); 130 interrupted.
+Exit codes: 0 success; 2 a problem with the input (recipe, data, checkpoint, arguments) or
+with the machine (disk full, a folder that cannot be written), reported in one line without a
+traceback (``--debug`` shows it); 130 stopped by SIGINT (Ctrl-C), 143 by SIGTERM, with the
+command that resumes the run. Warnings are one line each too.
+
+Signals are handled from the first line of :func:`main`, before the heavy imports (torch), so
+that a stop at any moment ends with that one line; while the command shuts down, further
+signals are ignored.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
+import os
 import shlex
+import signal
 import sys
+import threading
 import traceback
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from . import __version__
-from .errors import DistillError
-from .training.signals import TrainingInterrupted
+from .errors import DistillError, Interrupted
+
+#: ``distill layers`` limits, so that a typo does not ask for gigabytes.
+MAX_INPUT_SIZE = 4096
+MAX_IN_CHANNELS = 512
 
 
 def _fresh_dir(base: Path) -> Path:
@@ -99,18 +115,26 @@ def _cmd_layers(args: argparse.Namespace) -> int:
     from .models import create
     from .taps import layer_shapes
 
-    if args.input_size < 1 or args.in_channels < 1:
+    if not (1 <= args.input_size <= MAX_INPUT_SIZE and 1 <= args.in_channels <= MAX_IN_CHANNELS):
         raise ConfigError(
-            f"--input-size and --in-channels must be >= 1, got {args.input_size} and "
-            f"{args.in_channels}"
+            f"--input-size must be from 1 to {MAX_INPUT_SIZE} and --in-channels from 1 to "
+            f"{MAX_IN_CHANNELS}, got {args.input_size} and {args.in_channels}"
         )
     # Offered to any source that takes them (zoo, timm:, torchvision:, ...), as a run does.
     offered = {"task": "classification", "num_classes": args.num_classes}
     model = create(args.arch, defaults={**offered, "in_channels": args.in_channels})
-    sample = torch.zeros(1, args.in_channels, args.input_size, args.input_size)
+    shape = [1, args.in_channels, args.input_size, args.input_size]
+    try:
+        sample = torch.zeros(shape)
+        found = layer_shapes(model, sample)
+    except (RuntimeError, MemoryError) as exc:  # too small for its pooling, out of memory...
+        problem = " ".join(str(exc).split())[:200]
+        raise ConfigError(
+            f"{args.arch} cannot run on an input of shape {shape}: {problem}"
+        ) from None
     rows = [
         (name, kind, "not run" if shape is None else str(list(shape)))
-        for name, kind, shape in layer_shapes(model, sample)
+        for name, kind, shape in found
         if args.depth is None or name.count(".") < args.depth
     ]
     widths = [max(len(row[i]) for row in [("name", "type", ""), *rows]) for i in range(2)]
@@ -230,10 +254,72 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def _signals_handled() -> Iterator[None]:
+    """While active, SIGINT and SIGTERM raise :class:`Interrupted` naming the signal (the
+    training loop defers them to a step boundary while it runs); the previous handlers come
+    back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:  # noqa: ARG001
+        raise Interrupted(f"stopped by {signal.Signals(signum).name}", signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _ignore_signals() -> None:
+    """Shutting down: further stop signals are ignored (until :func:`_signals_handled`
+    restores the handlers)."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+
+
+def _one_line_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    text = " ".join(str(message).split())
+    print(f"distill: warning: {text} ({category.__name__})", file=sys.stderr)
+
+
+def _os_problem(exc: OSError) -> str:
+    """One line for an error of the machine (disk full, a file that cannot be written...)."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left on device{where}; free some space, then resume"
+    return f"{exc.strerror or exc}{where}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``distill`` console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    with _signals_handled(), warnings.catch_warnings():
+        try:
+            args = build_parser().parse_args(argv)
+        except Interrupted as exc:
+            _ignore_signals()
+            print(f"distill: {exc}", file=sys.stderr)
+            return 128 + exc.signum
+        if not getattr(args, "debug", False):
+            warnings.showwarning = _one_line_warning
+        return _run_command(args)
+
+
+def _run_command(args: argparse.Namespace) -> int:
     ok = False
     try:
         code = args.func(args)
@@ -242,20 +328,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DistillError as exc:
         if getattr(args, "debug", False):
             traceback.print_exc()
-        print(f"distill: error: {exc}", file=sys.stderr)
+        resume = f"; resume with: {_resume_command(args)}" if _resumable(exc, args) else ""
+        print(f"distill: error: {exc}{resume}", file=sys.stderr)
         return 2
-    except TrainingInterrupted as exc:
-        print(f"distill: {exc}. Resume with: {_resume_command(args)}", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        print(
-            "distill: interrupted; the last whole checkpoint is kept. Resume with: "
-            f"{_resume_command(args)}",
-            file=sys.stderr,
-        )
-        return 130
+    except Interrupted as exc:
+        _ignore_signals()
+        after = ""
+        if args.command in ("run", "demo"):
+            after = f"; the last whole checkpoint is kept. Resume with: {_resume_command(args)}"
+        print(f"distill: {exc}{after}", file=sys.stderr)
+        return 128 + exc.signum
+    except KeyboardInterrupt:  # raised by code that handles SIGINT itself
+        _ignore_signals()
+        print(f"distill: stopped by SIGINT. Resume with: {_resume_command(args)}", file=sys.stderr)
+        return 128 + signal.SIGINT
+    except BrokenPipeError:  # `distill models | head`: the reader stopped reading
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print("distill: error: the output was closed before it was all written", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        resume = f"; resume with: {_resume_command(args)}" if _resumable(exc, args) else ""
+        print(f"distill: error: {_os_problem(exc)}{resume}", file=sys.stderr)
+        return 2
     finally:
         _end_distributed(ok)
+
+
+def _resumable(exc: Exception, args: argparse.Namespace) -> bool:
+    """Whether a run can be resumed once the cause is fixed: a stop for a non-finite value,
+    an error of the machine (a full disk...)."""
+    from .errors import NonFiniteLossError
+
+    return args.command in ("run", "demo") and isinstance(exc, (NonFiniteLossError, OSError))
 
 
 def _end_distributed(ok: bool) -> None:
@@ -265,6 +372,8 @@ def _end_distributed(ok: bool) -> None:
     writes the report last), so that no process tears its connections down while another
     still uses them. After an error the others may never arrive: no waiting then.
     """
+    if "torch" not in sys.modules:  # stopped before torch was imported: no process group
+        return
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():

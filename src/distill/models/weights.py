@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from distill.errors import ConfigError
+from distill.files import load_problem
 
 __all__ = ["adapt_first_conv", "load_weights", "read_weights"]
 
@@ -46,9 +47,8 @@ def read_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             "(`pip install safetensors`)"
         ) from None
     except Exception as exc:  # truncated, not a weights file, pickled code refused...
-        text = " ".join(str(exc).split())[:200]
         raise ConfigError(
-            f"weights {file}: cannot be read safely ({type(exc).__name__}: {text}); give a "
+            f"weights {file}: cannot be read safely ({load_problem(exc)}); give a "
             "safetensors file or a state dict saved with torch.save"
         ) from None
     state = _state_dict(payload)
