@@ -171,6 +171,20 @@ class CacheSettings:
 _DTYPES = {"float16": np.float16, "float32": np.float32}
 
 
+def check_cache_settings(settings: CacheSettings, classes: int) -> None:
+    """:class:`ConfigError` unless a cache of ``settings`` can hold a teacher's outputs over
+    ``classes`` classes (checked before anything trains, and by :class:`TeacherCache`)."""
+    if settings.store not in ("memory", "disk"):
+        raise ConfigError(f"cache_store must be memory or disk, got {settings.store!r}")
+    if settings.dtype not in _DTYPES:
+        raise ConfigError(f"cache_dtype must be float16 or float32, got {settings.dtype!r}")
+    if settings.topk is not None and not 1 <= settings.topk < classes:
+        raise ConfigError(
+            f"cache_topk must be between 1 and {classes - 1} (the number of classes "
+            f"minus one), got {settings.topk}"
+        )
+
+
 def cache_keys(batch: Mapping[str, Any], views: int) -> torch.Tensor:
     """The cache keys of a batch's samples: ``index * views + view``."""
     keys = batch["index"] * views
@@ -206,15 +220,7 @@ class TeacherCache:
     ) -> None:
         self.shape = (shape,) if isinstance(shape, int) else tuple(shape)
         classes = self.shape[-1]
-        if settings.store not in ("memory", "disk"):
-            raise ConfigError(f"cache_store must be memory or disk, got {settings.store!r}")
-        if settings.dtype not in _DTYPES:
-            raise ConfigError(f"cache_dtype must be float16 or float32, got {settings.dtype!r}")
-        if settings.topk is not None and not 1 <= settings.topk < classes:
-            raise ConfigError(
-                f"cache_topk must be between 1 and {classes - 1} (the number of classes "
-                f"minus one), got {settings.topk}"
-            )
+        check_cache_settings(settings, classes)
         self.size = size
         self.fingerprint = fingerprint
         self.settings = settings

@@ -41,6 +41,7 @@ from torch.utils.data import Dataset, default_collate
 from .cache import (
     TeacherCache,
     ViewDataset,
+    check_cache_settings,
     dataset_fingerprint,
     model_fingerprint,
     transform_description,
@@ -266,6 +267,7 @@ class Pipeline:
         )
         for index, spec in enumerate(self.recipe.stages):
             check_processes(spec.train, self.accelerator, f"stages.{index}")
+            self._check_cache(index, spec, ctx, bundle)
             spec.check(ctx)
         self._check_sharding()
         stage_results = []
@@ -548,6 +550,27 @@ class Pipeline:
         self._phase_teachers.append(teacher)
         self._phase_data = views
         return teacher
+
+    def _check_cache(
+        self, index: int, spec: Any, ctx: StageContext, bundle: DataBundle
+    ) -> None:
+        """Check a stage's teacher cache against its teachers' outputs and the data before
+        anything trains (not when the stage starts, after the stages before it)."""
+        settings = spec.cache_settings() if isinstance(spec, TeacherFields) else None
+        if settings is None:
+            return
+        try:
+            ViewDataset(bundle.train, settings.views, seed=self.recipe.seed)
+            for name in spec.uses():
+                model = self.models[name]
+                was_training = model.training
+                model.eval()
+                with torch.no_grad():
+                    classes = self.task.logits(model, ctx.sample_batch).shape[-1]
+                model.train(was_training)
+                check_cache_settings(settings, classes)
+        except ConfigError as exc:
+            raise ConfigError(f"stages.{index}: {exc}") from None
 
     def _renormalizer(self, name: str, bundle: DataBundle) -> Renormalize | None:
         """What takes the data's normalisation to the one model ``name`` expects (its

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from ..cache import CacheSettings
@@ -276,6 +276,17 @@ class TeacherFields(Strict):
     cache_dtype: Literal["float16", "float32"] = "float16"
     cache_topk: int | None = Field(None, ge=1)
     teacher_precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+
+    @model_validator(mode="after")
+    def _cache_options_need_a_cache(self) -> TeacherFields:
+        options = {"cache_views", "cache_store", "cache_dtype", "cache_topk"}
+        given = sorted(self.model_fields_set & options)
+        if self.cache == "none" and given:
+            raise ValueError(
+                f"cache is none, so {', '.join(given)} would do nothing; set cache: teacher, or "
+                "leave them out"
+            )
+        return self
 
     def cache_settings(self) -> CacheSettings | None:
         """The cache this stage asked for, or ``None``."""

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from ..checks import Temperature, check_distinct_modules, check_temperature
@@ -29,6 +29,7 @@ from .base import (
     StageContext,
     StageSpec,
     as_batch,
+    check_one_after_another,
     check_same_outputs,
 )
 from .takd import check_distinct
@@ -233,6 +234,12 @@ class DMLStage(StageSpec):
         if dotted:
             raise ValueError(f"cohort model names cannot contain '.'; rename {dotted}")
         return cohort
+
+    @model_validator(mode="after")
+    def _sequential_without_accumulation(self) -> DMLStage:
+        if self.update == "sequential":
+            check_one_after_another(self.train.grad_accum_steps, "train.grad_accum_steps")
+        return self
 
     def produces(self) -> list[str]:
         return list(self.cohort)
