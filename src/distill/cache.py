@@ -37,6 +37,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from .checks import check_temperature
 from .data.batches import as_item, batch_device, select
 from .errors import ConfigError
 from .files import atomic_write_json
@@ -224,7 +225,7 @@ class TeacherCache:
         self.size = size
         self.fingerprint = fingerprint
         self.settings = settings
-        self.temperature = temperature
+        self.temperature = check_temperature(temperature)
         self.log = log
         self.directory = Path(directory) if directory is not None else None
         self.hits = 0

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..checks import check_positive
+from ._reduce import check_not_empty
 
 
 def attention_map(feature: torch.Tensor, p: float = 2.0) -> torch.Tensor:
@@ -111,6 +112,7 @@ def at_terms(
                 f"pair {j}: the student's and teacher's maps must come from the same batch, got "
                 f"batch sizes {s.shape[0]} and {t.shape[0]}"
             )
+        check_not_empty(s, f"pair {j}: the student's map")
         size = (min(s.shape[2], t.shape[2]), min(s.shape[3], t.shape[3]))
         with torch.autocast(device_type=s.device.type, enabled=False):
             q_s = attention_map(_pool_to(s.float(), size), p)

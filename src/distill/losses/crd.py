@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from ..checks import check_positive, check_temperature
+from ._reduce import check_not_empty
 
 
 def contrast_scores(
@@ -90,6 +91,7 @@ def crd_nce_loss(scores: torch.Tensor, num_samples: int, eps: float = 1e-7) -> t
     if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
         raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
     eps = check_positive(eps, "eps")
+    check_not_empty(scores, "scores")
     with torch.autocast(device_type=scores.device.type, enabled=False):
         p = scores.float()
         noise = (p.shape[1] - 1) / float(num_samples)

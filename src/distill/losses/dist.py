@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 
 from ..checks import check_nonnegative, check_positive, check_temperature
-from ._reduce import check_same_shape
+from ._reduce import check_mask, check_not_empty, check_same_shape
 
 
 def _pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
@@ -78,15 +78,12 @@ def dist_terms(
     temperature = check_temperature(temperature)
     eps = check_positive(eps, "eps")
     check_same_shape(student_logits, teacher_logits)
+    check_not_empty(student_logits, "student_logits")
     s = student_logits.movedim(dim, -1)
     t = teacher_logits.movedim(dim, -1)
     if mask is not None:
-        if mask.shape != s.shape[:-1]:
-            raise ValueError(
-                f"mask shape {tuple(mask.shape)} must equal the logits' shape without the class "
-                f"dimension, {tuple(s.shape[:-1])}"
-            )
-        s, t = s[mask.bool()], t[mask.bool()]
+        keep = check_mask(mask, s.shape[:-1])
+        s, t = s[keep], t[keep]
     s = s.reshape(-1, s.shape[-1])
     t = t.reshape(-1, t.shape[-1])
     with torch.autocast(device_type=s.device.type, enabled=False):

@@ -22,7 +22,7 @@ from torch import Tensor
 from distill.errors import did_you_mean
 
 from ..checks import check_fraction, check_temperature
-from ._reduce import check_same_shape, masked_mean, shape_without
+from ._reduce import check_mask, check_not_empty, check_same_shape, masked_mean, shape_without
 from .sparse import TopK, topk_buckets
 
 
@@ -209,11 +209,13 @@ def divergence(
     skew = check_fraction(skew, "skew")
     with torch.autocast(device_type=student_logits.device.type, enabled=False):
         log_p, log_q = _log_probs(student_logits, teacher_logits, temperature, dim)
-        if mask is not None and mask.shape == shape_without(log_p.shape, dim):
+        check_not_empty(log_p, "the batch")
+        if mask is not None:
             # Masked-out positions become p = q (every log 0): their terms are exactly 0 with
             # no gradient, whatever the teacher held there (an inf or NaN would otherwise make
-            # the gradient NaN through 0 * inf). masked_mean reports a mask of the wrong shape.
-            outside = ~mask.bool().unsqueeze(dim)
+            # the gradient NaN through 0 * inf).
+            mask = check_mask(mask, shape_without(log_p.shape, dim))
+            outside = ~mask.unsqueeze(dim)
             log_p, log_q = log_p.masked_fill(outside, 0.0), log_q.masked_fill(outside, 0.0)
         per_position = terms(log_p, log_q, beta, skew).sum(dim=dim).clamp_min(0.0)
         return masked_mean(per_position, mask)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 
 from ..checks import check_nonnegative, check_temperature
-from ._reduce import check_same_shape, masked_mean
+from ._reduce import check_mask, check_not_empty, check_same_shape, masked_mean
 
 
 def _prepare(
@@ -57,11 +57,9 @@ def _prepare(
         )
     if targets.dtype.is_floating_point or targets.dtype == torch.bool:
         raise ValueError(f"targets must be class indices (an integer tensor), got {targets.dtype}")
-    if mask is not None and mask.shape != targets.shape:
-        raise ValueError(
-            f"mask shape {tuple(mask.shape)} must equal the logits' shape without the class "
-            f"dimension, {tuple(targets.shape)}"
-        )
+    check_not_empty(targets, "the batch")
+    if mask is not None:
+        mask = check_mask(mask, targets.shape)
     targets = targets.long()
     valid = targets if mask is None else targets[mask.bool()]
     if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= classes):

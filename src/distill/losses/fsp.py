@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from ._reduce import check_not_empty
+
 
 def fsp_matrix(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     r"""The FSP ("flow of solution procedure") matrix between two feature maps.
@@ -95,6 +97,7 @@ def fsp_loss(
                     f"pair {i}: the student's FSP matrix is {tuple(s.shape)} but the teacher's "
                     f"is {tuple(t.shape)}; both must be [N, C1, C2] with the same channels"
                 )
+            check_not_empty(s, f"pair {i}: the student's FSP matrix")
             squared = (s.float() - t.detach().float()).pow(2).sum(dim=(1, 2))
             total = total + weight * squared.mean()
     return total

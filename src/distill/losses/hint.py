@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ._reduce import check_not_empty
+
 
 def hint_loss(student_feature: torch.Tensor, teacher_feature: torch.Tensor) -> torch.Tensor:
     r"""Mean squared error between a (regressed) student feature and a teacher feature.
@@ -30,5 +32,6 @@ def hint_loss(student_feature: torch.Tensor, teacher_feature: torch.Tensor) -> t
             f"{tuple(student_feature.shape)} and {tuple(teacher_feature.shape)}; map the "
             "student's to the teacher's with distill.adapters.build_adapter"
         )
+    check_not_empty(student_feature, "student_feature")
     with torch.autocast(device_type=student_feature.device.type, enabled=False):
         return F.mse_loss(student_feature.float(), teacher_feature.detach().float())

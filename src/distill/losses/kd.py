@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ..checks import check_temperature
-from ._reduce import check_same_shape, masked_mean
+from ._reduce import check_not_empty, check_same_shape, masked_mean
 
 
 def kd_loss(
@@ -42,8 +42,9 @@ def kd_loss(
         ``F.kl_div(log_softmax(s/T), softmax(t/T), reduction="batchmean") * T**2``.
         Computed in float32 even under autocast.
     """
-    check_temperature(temperature)
+    temperature = check_temperature(temperature)
     check_same_shape(student_logits, teacher_logits)
+    check_not_empty(student_logits, "student_logits")
     with torch.autocast(device_type=student_logits.device.type, enabled=False):
         s = student_logits.float() / temperature
         t = teacher_logits.detach().float() / temperature

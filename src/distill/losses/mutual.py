@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ..checks import check_temperature
-from ._reduce import masked_mean
+from ._reduce import check_mask, check_not_empty, masked_mean
 from .kd import kd_loss
 
 
@@ -24,9 +24,11 @@ def _cross_entropy(
             f"targets must have the logits' shape without the class dimension, {expected}; got "
             f"{list(targets.shape)}"
         )
+    check_not_empty(targets, "the batch")
     if mask is not None:
         # Positions left out may hold an ignore label such as -100: gather a valid class there.
-        targets = targets.masked_fill(~mask.bool(), 0)
+        mask = check_mask(mask, targets.shape)
+        targets = targets.masked_fill(~mask, 0)
     log_p = F.log_softmax(logits.float(), dim=dim)
     per_position = -log_p.gather(dim, targets.unsqueeze(dim)).squeeze(dim)
     return masked_mean(per_position, mask)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 from torch import nn
 
 from ..cache import CacheSettings
@@ -108,8 +108,11 @@ class Distiller(nn.Module):
 
     def __call__(self, batch: Batch | torch.Tensor, targets: torch.Tensor | None = None) -> Any:
         """``method(batch)``; for image classification ``method(x, y)`` is shorthand for
-        ``method({"inputs": x, "targets": y})``."""
-        return super().__call__(as_batch(batch, targets))
+        ``method({"inputs": x, "targets": y})``. A batch of no sample, or of integer images, is
+        a ``ValueError`` (:meth:`Task.check_batch <distill.tasks.Task.check_batch>`)."""
+        batch = as_batch(batch, targets)
+        self.task.check_batch(batch)
+        return super().__call__(batch)
 
     def forward(self, batch: Batch) -> Output:  # pragma: no cover - every method overrides it
         raise NotImplementedError
@@ -276,17 +279,6 @@ class TeacherFields(Strict):
     cache_dtype: Literal["float16", "float32"] = "float16"
     cache_topk: int | None = Field(None, ge=1)
     teacher_precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-
-    @model_validator(mode="after")
-    def _cache_options_need_a_cache(self) -> TeacherFields:
-        options = {"cache_views", "cache_store", "cache_dtype", "cache_topk"}
-        given = sorted(self.model_fields_set & options)
-        if self.cache == "none" and given:
-            raise ValueError(
-                f"cache is none, so {', '.join(given)} would do nothing; set cache: teacher, or "
-                "leave them out"
-            )
-        return self
 
     def cache_settings(self) -> CacheSettings | None:
         """The cache this stage asked for, or ``None``."""

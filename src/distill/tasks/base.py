@@ -117,6 +117,17 @@ class Task:
             return torch.tensor(self.targets(batch).numel())
         return mask.sum()
 
+    def check_batch(self, batch: Batch) -> None:
+        """ValueError for a batch no loss can be taken over: one of no sample (its means would
+        be NaN)."""
+        args, kwargs = self.inputs(batch)
+        tensors = [v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)]
+        if tensors and tensors[0].dim() and tensors[0].shape[0] == 0:
+            raise ValueError(
+                f"the batch is empty (inputs of shape {tuple(tensors[0].shape)}): a loss or a "
+                "metric needs at least one sample"
+            )
+
     def batch_size(self, batch: Batch) -> int:
         """Number of samples in ``batch``."""
         return int(self.targets(batch).shape[0])

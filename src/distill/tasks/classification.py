@@ -30,6 +30,17 @@ class Classification(Task):
     def inputs(self, batch: Batch) -> tuple[tuple[Any, ...], dict[str, Any]]:
         return (batch["inputs"],), {}
 
+    def check_batch(self, batch: Batch) -> None:
+        """Also: images (``[N, C, H, W]``, or ``[N, H, W]``) must be floating point."""
+        super().check_batch(batch)
+        x = batch["inputs"]
+        if isinstance(x, torch.Tensor) and x.dim() >= 3 and not x.is_floating_point():
+            raise ValueError(
+                f"batch['inputs'] holds {x.dtype} images, but models take floating-point "
+                "inputs (torch.float32; bf16/fp16 come from autocast): convert them, e.g. "
+                "x.float() / 255, normalised as for training"
+            )
+
     def logits(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         return logits_of(self.forward(model, batch))
 

@@ -56,6 +56,7 @@ def evaluate(
     sums: dict[str, torch.Tensor] = {}
     try:
         for batch in loader:
+            task.check_batch(batch)
             with autocast(accelerator.device, precision):
                 logits = task.logits(model, batch)
             stats = accelerator.gather_for_metrics(task.metrics(logits, batch))
