@@ -1,9 +1,14 @@
 """The bad-input catalogue: every case exits with code 2 and one line that names the problem,
-the value and the fix, without a traceback."""
+the value and the fix, without a traceback, before anything trains and without writing
+outside ``--out``."""
 
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -67,9 +72,18 @@ def checkpoint_file(kind: str):  # noqa: ANN201
             save_model(create("cnn-4", num_classes=3, in_channels=1), path)
         elif kind == "not-a-checkpoint":
             path.write_text("hello")
+        elif kind == "code":
+            torch.save({"state_dict": RunsCode()}, path)
         return str(path)
 
     return make
+
+
+class RunsCode:
+    """Pickled, it asks to call ``os.system`` when loaded."""
+
+    def __reduce__(self):  # noqa: ANN204
+        return (os.system, ("echo pickled code ran > pwned",))
 
 
 def teacher_from(kind: str):  # noqa: ANN201
@@ -87,6 +101,59 @@ def drop_stage(index: int):  # noqa: ANN201
         del raw["stages"][index]
 
     return apply
+
+
+def rename_model(old: str, new: str):  # noqa: ANN201
+    """Model ``old`` renamed to ``new`` everywhere."""
+
+    def apply(raw: dict, tmp: Path) -> None:
+        raw["models"] = {new if k == old else k: v for k, v in raw["models"].items()}
+        for stage in raw["stages"]:
+            for key, value in stage.items():
+                if value == old:
+                    stage[key] = new
+
+    return apply
+
+
+def add_stage(stage: dict[str, Any]):  # noqa: ANN201
+    def apply(raw: dict, tmp: Path) -> None:
+        raw["stages"].append(copy.deepcopy(stage))
+
+    return apply
+
+
+def text(recipe: str):  # noqa: ANN201
+    """The recipe file holds ``recipe`` as written (YAML that safe_dump cannot write)."""
+    return lambda raw, tmp: recipe
+
+
+def bomb() -> str:
+    """Nine aliases, each nine of the one before: 9**9 values when expanded."""
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]
+    return "\n".join(lines) + "\n"
+
+
+def in_out(make: Any):  # noqa: ANN201
+    """Something left in the --out folder before the run (``make(out)``)."""
+
+    def apply(raw: dict, tmp: Path) -> None:
+        out = tmp / "out"
+        out.mkdir()
+        make(out)
+
+    return apply
+
+
+def held_lock(out: Path) -> None:
+    # A process that outlives the test case holds the folder's lock.
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    HOLDERS.append(holder)
+    (out / ".distill.lock").write_text(f"{holder.pid} {os.uname().nodename}\n")
+
+
+HOLDERS: list[subprocess.Popen] = []
 
 
 # case -> (how to break the recipe, extra CLI args, substrings the one-line message must hold)
@@ -240,6 +307,198 @@ CASES: dict[str, tuple[Any, list[str], list[str]]] = {
         ["--set", "stages.7.alpha=0.5"],
         ["stages.7", "index from 0 to 2"],
     ),
+    # Names: they become file names under --out, so none may leave it.
+    "model named by an absolute path": (
+        rename_model("student", "/tmp/elsewhere/student"),
+        [],
+        ["models:", "'/tmp/elsewhere/student'", "ASCII letters, digits, '_' and '-'"],
+    ),
+    "stage named with ..": (
+        setter("stages.1.name", "../../outside"),
+        [],
+        ["stages.1.name", "'../../outside'", "names files in the run folder"],
+    ),
+    "model named ..": (rename_model("student", ".."), [], ["models:", "'..'"]),
+    "stage named .": (setter("stages.0.name", "."), [], ["stages.0.name", "got '.'"]),
+    "empty model name": (rename_model("student", ""), [], ["models:", "''"]),
+    "name too long for a file system": (
+        rename_model("student", "s" * 300),
+        [],
+        ["models:", "at most 64 characters", "got 300"],
+    ),
+    "model name that reads as an option": (rename_model("student", "-x"), [], ["'-x'"]),
+    # Numbers torch or NumPy would choke on.
+    "seed beyond int64": (setter("seed", 10**29), [], ["seed:", "too large", "2**63 - 1"]),
+    "batch size beyond int64": (
+        setter("data.batch_size", 2**70),
+        [],
+        ["data.batch_size", "too large"],
+    ),
+    "infinite learning rate": (
+        setter("train.optimizer.lr", float("inf")),
+        [],
+        ["train.optimizer.lr", "finite", "inf"],
+    ),
+    "NaN temperature": (
+        setter("stages.2.temperature", float("nan")),
+        [],
+        ["stages.2.temperature", "nan"],
+    ),
+    # Settings torch refuses in combination.
+    "nesterov without momentum": (
+        setter("train.optimizer", {"name": "sgd", "nesterov": True, "momentum": 0}),
+        [],
+        ["train.optimizer:", "nesterov: true needs", "momentum"],
+    ),
+    "nesterov with adam": (
+        setter("stages.1.optimizer", {"name": "adam", "nesterov": True}),
+        [],
+        ["stages.1.optimizer:", "'adam'"],
+    ),
+    "adam beta of 1": (
+        setter("train.optimizer", {"name": "adam", "betas": [1.0, 0.999]}),
+        [],
+        ["train.optimizer.betas", "[0, 1)", "[1.0, 0.999]"],
+    ),
+    "negative adam beta": (
+        setter("train.optimizer", {"name": "adamw", "betas": [0.9, -0.1]}),
+        [],
+        ["train.optimizer.betas", "-0.1"],
+    ),
+    # Rules over several fields: the section is named, not ": ".
+    "warm-up longer than the run": (
+        setter("train.schedule.warmup_epochs", 5),
+        [],
+        ["error: train: schedule.warmup_epochs (5.0) must not exceed epochs (2)"],
+    ),
+    "warm-up longer than a stage": (
+        lambda raw, tmp: raw["stages"][1].update(epochs=1, schedule={"warmup_epochs": 2}),
+        [],
+        ["error: stages.1: schedule.warmup_epochs (2.0) must not exceed epochs (1)"],
+    ),
+    "FSP pair with an unknown key": (
+        add_stage(
+            {
+                "method": "fsp",
+                "teacher": "teacher",
+                "student": "student_kd",
+                "pairs": [{"student": ["stem", "stages.1"], "teacher": ["stem"], "wieght": 1}],
+            }
+        ),
+        [],
+        ["stages.3.pairs.0.wieght", "did you mean 'weight'", "allowed keys: student, teacher"],
+    ),
+    "a stage's train that is not a mapping": (
+        setter("stages.1.train", [1, 2]),
+        [],
+        ["stages.1.train", "must be a mapping", "[1, 2]"],
+    ),
+    # Errors that would otherwise appear only after the earlier stages trained.
+    "DML updated one member after another with accumulation": (
+        add_stage(
+            {
+                "method": "dml",
+                "cohort": ["student", "student_kd"],
+                "update": "sequential",
+                "grad_accum_steps": 2,
+            }
+        ),
+        [],
+        ["stages.3", "grad_accum_steps", "must be 1", "one after another", "got 2"],
+    ),
+    "cache_topk as large as the classes": (
+        lambda raw, tmp: raw["stages"][2].update(cache="teacher", cache_topk=10),
+        [],
+        ["stages.2", "cache_topk", "between 1 and 9", "got 10"],
+    ),
+    "diverging first stage": (
+        setter("stages.0.optimizer", {"lr": 1.0e6}),
+        [],
+        ["[teacher] train", "the loss is nan", "learning rate", "resume with: distill run"],
+    ),
+    "a checkpoint that would run code": (
+        teacher_from("code"),
+        [],
+        ["code.pt", "refused: the file would need to run code to load", "system"],
+    ),
+    # YAML.
+    "duplicate top-level key": (
+        text("seed: 0\nseed: 1\n"),
+        [],
+        ["duplicate key 'seed' at lines 1 and 2"],
+    ),
+    "duplicate key in a stage": (
+        text(
+            "models: {a: {arch: cnn-2}}\n"
+            "stages:\n"
+            "  - method: train\n"
+            "    model: a\n"
+            "    epochs: 1\n"
+            "    epochs: 2\n"
+        ),
+        [],
+        ["duplicate key 'epochs' at lines 5 and 6"],
+    ),
+    "alias bomb": (text(bomb()), [], ["expands to more than 100,000 values", "aliases"]),
+    "alias that contains itself": (text("seed: &a [*a]\n"), [], ["alias refers to itself"]),
+    "YAML nested 80 deep": (text("seed: " + "[" * 80 + "]" * 80 + "\n"), [], ["50 levels"]),
+    "YAML nested 5000 deep": (text("seed: " + "[" * 5000 + "]" * 5000 + "\n"), [], ["levels"]),
+    "unhashable key": (text("? [a, b]\n: 1\n"), [], ["malformed YAML", "unhashable key"]),
+    "not UTF-8": (text("seed: 0\n# \udcff\n"), [], ["not a text file"]),
+    "--set value that is not YAML": (
+        None,
+        ["--set", "train.epochs=[1"],
+        ["--set 'train.epochs=[1'", "malformed YAML at line 1, column 3"],
+    ),
+    "--set value with a python tag": (
+        None,
+        ["--set", "seed=!!python/object/apply:os.system [ls]"],
+        ["--set", "malformed YAML", "could not determine a constructor"],
+    ),
+    "--set value with a key twice": (
+        None,
+        ["--set", "train.optimizer={lr: 0.1, lr: 0.2}"],
+        ["--set", "duplicate key 'lr'"],
+    ),
+    "--set a stage's train to a list": (
+        None,
+        ["--set", "stages.1.train=[1,2]"],
+        ["stages.1.train", "must be a mapping"],
+    ),
+    "--set inside a value": (None, ["--set", "seed.x=1"], ["seed is a value, not a section"]),
+    "--set a huge integer": (None, ["--set", "seed=" + "9" * 30], ["seed:", "too large"]),
+    # The --out folder.
+    "--out is a file": (None, ["--out", "{tmp}/afile"], ["--out", "afile", "not a folder"]),
+    "--out holds other files": (
+        in_out(lambda out: (out / "notes.txt").write_text("mine")),
+        [],
+        ["holds files that are not a distill run (notes.txt)", "new or empty folder"],
+    ),
+    "--out held by a running process": (
+        in_out(held_lock),
+        [],
+        ["in use by another distill run (pid", "wait for it to end"],
+    ),
+    "damaged progress.json": (
+        in_out(lambda out: (out / "progress.json").write_text('{"format": "distill-prog')),
+        ["--resume"],
+        ["progress.json is damaged", "restore the file, or move the folder away"],
+    ),
+    "progress.json of another kind": (
+        in_out(lambda out: (out / "progress.json").write_text("[1, 2]")),
+        ["--resume"],
+        ["progress.json is damaged (not a distill-progress/1 file)"],
+    ),
+    "progress.json that is a folder": (
+        in_out(lambda out: (out / "progress.json").mkdir()),
+        ["--resume"],
+        ["progress.json is damaged"],
+    ),
+    "--out name too long for the file system": (
+        None,
+        ["--out", "{tmp}/" + "o" * 300],
+        ["--out", "File name too long"],
+    ),
 }
 
 
@@ -249,21 +508,40 @@ def test_bad_input(
 ) -> None:
     breaker, extra, expected = CASES[case]
     raw = copy.deepcopy(tiny_recipe)
-    if breaker is not None:
-        breaker(raw, tmp_path)
+    written = breaker(raw, tmp_path) if breaker is not None else None
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump(raw, sort_keys=False))
+    if isinstance(written, str):
+        recipe.write_text(written, encoding="utf-8", errors="surrogateescape")
+    else:
+        recipe.write_text(yaml.safe_dump(raw, sort_keys=False))
     (tmp_path / "afile").write_text("a file, not a directory")
+    before = {p for p in tmp_path.parent.iterdir()}
     args = [a.replace("{tmp}", str(tmp_path)) for a in extra]
     if "--out" not in args:
         args += ["--out", str(tmp_path / "out")]
-    code = main(["run", str(recipe), "--quiet", *args])
+    cwd = Path.cwd()
+    os.chdir(tmp_path)  # a pickle that ran code would write here
+    try:
+        started = time.perf_counter()
+        code = main(["run", str(recipe), "--quiet", *args])
+        seconds = time.perf_counter() - started
+    finally:
+        os.chdir(cwd)
+        for holder in HOLDERS:
+            holder.kill()
+            holder.wait()
+        HOLDERS.clear()
     err = capsys.readouterr().err
     assert code == 2, err
     assert err.startswith("distill: error: ") and err.count("\n") == 1, err
-    for text in expected:
-        assert text in err, f"{text!r} not in {err!r}"
+    for expected_text in expected:
+        assert expected_text in err, f"{expected_text!r} not in {err!r}"
     assert "Traceback" not in err
+    assert seconds < 15, "caught early, not after training"
+    trained = list((tmp_path / "out" / "checkpoints").glob("*.pt"))
+    assert not trained, f"nothing trains before the error is found: {trained}"
+    assert {p for p in tmp_path.parent.iterdir()} == before, "nothing written beside tmp_path"
+    assert not (tmp_path / "pwned").exists()
 
 
 def test_recipe_file_not_found(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
@@ -303,3 +581,159 @@ def test_resume_without_out(
     path.write_text(yaml.safe_dump(tiny_recipe))
     assert main(["run", str(path), "--resume"]) == 2
     assert "--resume needs --out" in capsys.readouterr().err
+
+
+# The other commands: the same rule (one line, exit 2).
+COMMAND_CASES: dict[str, tuple[list[str], list[str]]] = {
+    "layers: an input size of gigabytes": (
+        ["layers", "resnet20", "--input-size", "100000"],
+        ["--input-size must be from 1 to 4096", "got 100000"],
+    ),
+    "layers: no channels": (["layers", "cnn-2", "--in-channels", "0"], ["--in-channels"]),
+    "layers: unknown model": (["layers", "resnet21"], ["'resnet21'", "did you mean 'resnet20'"]),
+    "export: not a run": (
+        ["export", "{tmp}/nothing", "--model", "x", "--format", "onnx"],
+        ["nothing: not a distill run directory"],
+    ),
+    "demo: unknown method": (["demo", "--methods", "kdd"], ["--methods", "did you mean 'kd'"]),
+}
+
+
+@pytest.mark.parametrize("case", list(COMMAND_CASES))
+def test_bad_command(case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv, expected = COMMAND_CASES[case]
+    assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("distill: error: ") and err.count("\n") == 1, err
+    for expected_text in expected:
+        assert expected_text in err, f"{expected_text!r} not in {err!r}"
+
+
+def test_a_closed_output_pipe_ends_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    class ClosedPipe:  # `distill models | head`: the reader has gone
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self) -> None:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main(["models"]) == 2
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert err == "distill: error: the output was closed before it was all written\n"
+
+
+def test_sync_batchnorm_over_cpu_processes_is_refused_before_training() -> None:
+    from types import SimpleNamespace
+
+    from distill.config import TrainConfig
+    from distill.errors import ConfigError
+    from distill.training import check_processes
+
+    config = TrainConfig(sync_batchnorm=True)
+    cpus = SimpleNamespace(num_processes=2, device=torch.device("cpu"))
+    with pytest.raises(ConfigError, match=r"stages.1.sync_batchnorm: true needs GPUs .* set it"):
+        check_processes(config, cpus, "stages.1")
+    check_processes(config, SimpleNamespace(num_processes=1, device=torch.device("cpu")))
+    check_processes(TrainConfig(), cpus)
+
+
+# The Python API: a clear ValueError, never a NaN loss or a traceback from deep inside torch.
+def _models() -> tuple[torch.nn.Module, torch.nn.Module]:
+    torch.manual_seed(0)
+    first, second = (create("cnn-2", num_classes=10, in_channels=1) for _ in range(2))
+    return first, second
+
+
+def _api_cases() -> dict[str, tuple[Any, str]]:
+    import distill
+    from distill import losses
+
+    empty, none = torch.zeros(0, 10), torch.zeros(0, dtype=torch.long)
+    x, y = torch.randn(4, 1, 8, 8), torch.arange(4)
+    logits = torch.randn(4, 10)
+    maps = torch.zeros(0, 4, 5, 5)
+    return {
+        "kd_loss on an empty batch": (lambda: losses.kd_loss(empty, empty), "empty"),
+        "divergence on an empty batch": (
+            lambda: losses.divergence(empty, empty, "jsd"),
+            "empty",
+        ),
+        "dkd_loss on an empty batch": (lambda: losses.dkd_loss(empty, empty, none), "empty"),
+        "dist_loss on an empty batch": (lambda: losses.dist_loss(empty, empty), "empty"),
+        "mutual_loss on an empty batch": (
+            lambda: losses.mutual_loss([empty, empty], none),
+            "empty",
+        ),
+        "hint_loss on an empty batch": (lambda: losses.hint_loss(maps, maps), "empty"),
+        "at_loss on an empty batch": (lambda: losses.at_loss([maps], [maps]), "empty"),
+        "fsp_loss on an empty batch": (
+            lambda: losses.fsp_loss([torch.zeros(0, 4, 4)], [torch.zeros(0, 4, 4)]),
+            "empty",
+        ),
+        "crd_nce_loss on an empty batch": (
+            lambda: losses.crd_nce_loss(torch.zeros(0, 5), 100),
+            "empty",
+        ),
+        "KD on an empty batch": (
+            lambda: distill.KD(*_models())(x[:0], y[:0]),
+            "the batch is empty",
+        ),
+        "Supervised on an empty batch": (
+            lambda: distill.Supervised(_models()[0])(x[:0], y[:0]),
+            "the batch is empty",
+        ),
+        "KD with a NaN temperature": (
+            lambda: distill.KD(*_models(), temperature=float("nan")),
+            "temperature must be a finite number greater than 0, got nan",
+        ),
+        "kd_loss with an infinite temperature": (
+            lambda: losses.kd_loss(logits, logits, float("inf")),
+            "got inf",
+        ),
+        "divergence with a NaN temperature": (
+            lambda: losses.divergence(logits, logits, "forward_kl", temperature=float("nan")),
+            "got nan",
+        ),
+        "DML with an infinite temperature": (
+            lambda: distill.DML(list(_models()), temperature=float("inf")),
+            "got inf",
+        ),
+        "TAKD with a NaN temperature": (
+            lambda: distill.TAKD(list(_models()), temperature=float("nan")),
+            "nan",
+        ),
+        "a mask of halves": (
+            lambda: losses.kd_loss(logits, logits, mask=torch.full((4,), 0.5)),
+            "mask must be boolean or hold only 0 and 1, got torch.float32 values such as 0.5",
+        ),
+        "a mask holding 2": (
+            lambda: losses.divergence(logits, logits, "tvd", mask=torch.tensor([0, 1, 2, 1])),
+            "such as 2",
+        ),
+        "a mask of another shape": (
+            lambda: losses.mutual_loss([logits, logits], y, mask=torch.ones(5, dtype=torch.bool)),
+            "mask shape (5,)",
+        ),
+        "integer images to KD": (
+            lambda: distill.KD(*_models())(torch.zeros(4, 1, 8, 8, dtype=torch.uint8), y),
+            "holds torch.uint8 images, but models take floating-point inputs (torch.float32",
+        ),
+        "integer images to evaluate": (
+            lambda: distill.evaluate(
+                _models()[0], [(torch.zeros(1, 8, 8, dtype=torch.int64), 0)] * 4
+            ),
+            "holds torch.int64 images",
+        ),
+    }
+
+
+@pytest.mark.parametrize("case", list(_api_cases()))
+def test_bad_python_api_input(case: str) -> None:
+    call, expected = _api_cases()[case]
+    with pytest.raises(ValueError) as exc:
+        call()
+    assert expected in str(exc.value), str(exc.value)
