@@ -583,6 +583,16 @@ def test_resume_without_out(
     assert "--resume needs --out" in capsys.readouterr().err
 
 
+def test_an_alias_bomb_fails_in_well_under_a_second() -> None:
+    from distill.errors import ConfigError
+    from distill.recipe import load_yaml
+
+    started = time.perf_counter()
+    with pytest.raises(ConfigError, match="more than 100,000 values"):
+        load_yaml(bomb())
+    assert time.perf_counter() - started < 0.5
+
+
 # The other commands: the same rule (one line, exit 2).
 COMMAND_CASES: dict[str, tuple[list[str], list[str]]] = {
     "layers: an input size of gigabytes": (

@@ -742,5 +742,6 @@ def run_recipe(
 
 
 def remove_run(out_dir: str | os.PathLike) -> None:
-    """Delete a run directory (used by tests and the demo's ``--force``)."""
+    """Delete a run directory; a folder that holds files but no run is refused (left as is)."""
+    RunFolder(out_dir).check_usable()
     shutil.rmtree(out_dir, ignore_errors=True)
