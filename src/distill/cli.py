@@ -301,7 +301,7 @@ def _os_problem(exc: OSError) -> str:
     """One line for an error of the machine (disk full, a file that cannot be written...)."""
     where = f" ({exc.filename})" if exc.filename else ""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return f"no space left on device{where}; free some space, then resume"
+        return f"no space left on device{where}; free some space"
     return f"{exc.strerror or exc}{where}"
 
 
@@ -316,7 +316,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 128 + exc.signum
         if not getattr(args, "debug", False):
             warnings.showwarning = _one_line_warning
-        return _run_command(args)
+        try:
+            return _run_command(args)
+        except Interrupted as exc:  # a stop while cleaning up after another ending
+            _ignore_signals()
+            print(f"distill: {exc}", file=sys.stderr)
+            return 128 + exc.signum
 
 
 def _run_command(args: argparse.Namespace) -> int:
@@ -335,7 +340,8 @@ def _run_command(args: argparse.Namespace) -> int:
         _ignore_signals()
         after = ""
         if args.command in ("run", "demo"):
-            after = f"; the last whole checkpoint is kept. Resume with: {_resume_command(args)}"
+            kept = "" if exc.checkpointed else "; the last whole checkpoint is kept"
+            after = f"{kept}. Resume with: {_resume_command(args)}"
         print(f"distill: {exc}{after}", file=sys.stderr)
         return 128 + exc.signum
     except KeyboardInterrupt:  # raised by code that handles SIGINT itself
@@ -343,7 +349,7 @@ def _run_command(args: argparse.Namespace) -> int:
         print(f"distill: stopped by SIGINT. Resume with: {_resume_command(args)}", file=sys.stderr)
         return 128 + signal.SIGINT
     except BrokenPipeError:  # `distill models | head`: the reader stopped reading
-        with contextlib.suppress(OSError, ValueError):
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # no more writes to it
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         print("distill: error: the output was closed before it was all written", file=sys.stderr)
         return 2
@@ -360,9 +366,10 @@ def _run_command(args: argparse.Namespace) -> int:
 def _resumable(exc: Exception, args: argparse.Namespace) -> bool:
     """Whether a run can be resumed once the cause is fixed: a stop for a non-finite value,
     an error of the machine (a full disk...)."""
-    from .errors import NonFiniteLossError
+    from .errors import DiskFullError, NonFiniteLossError
 
-    return args.command in ("run", "demo") and isinstance(exc, (NonFiniteLossError, OSError))
+    resumable = (NonFiniteLossError, DiskFullError, OSError)
+    return args.command in ("run", "demo") and isinstance(exc, resumable)
 
 
 def _end_distributed(ok: bool) -> None:
