@@ -51,6 +51,9 @@ class Interrupted(KeyboardInterrupt):  # noqa: N818 - reads as what happened
     """A stop signal (SIGINT, SIGTERM) ended the command; ``signum`` says which. A
     ``KeyboardInterrupt``, so that no ``except Exception`` swallows it."""
 
+    #: Whether a checkpoint was written at the stop (training stops at a step boundary).
+    checkpointed = False
+
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
         self.signum = signum

@@ -243,7 +243,8 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
     elif isinstance(node, dict):
         node[last] = value
     else:
-        raise ConfigError(f"--set {assignment!r}: cannot set a field inside a value")
+        where = ".".join(parts[:-1])
+        raise ConfigError(f"--set {assignment!r}: {where} is a value, not a section")
 
 
 def _list_index(node: list[Any], part: str, where: str, assignment: str) -> int:

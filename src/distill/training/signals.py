@@ -55,6 +55,8 @@ def check_finite(
 class TrainingInterrupted(Interrupted):
     """Training stopped on SIGINT or SIGTERM after writing a resumable checkpoint."""
 
+    checkpointed = True
+
 
 class StopSignals:
     """While active, SIGINT and SIGTERM only ask training to stop at the next step boundary,
