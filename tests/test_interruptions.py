@@ -52,8 +52,9 @@ def kill_setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 # (point, n) with 3 steps per epoch and 2 epochs per stage: inside epoch 2 of stage 1, inside
 # the KD stage, between epochs of stage 2, between stages 2 and 3, and halfway through the
-# write of the second epoch checkpoint (writes: recipe.yaml, progress.json, epoch 1, epoch 2).
-KILL_POINTS = [("step", 5), ("step", 14), ("epoch", 3), ("stage", 2), ("write", 4)]
+# write of the second epoch checkpoint (writes: recipe.yaml, progress.json, progress.json as
+# the first phase starts, epoch 1, epoch 2).
+KILL_POINTS = [("step", 5), ("step", 14), ("epoch", 3), ("stage", 2), ("write", 5)]
 
 
 @pytest.mark.parametrize(("point", "n"), KILL_POINTS)
