@@ -5,6 +5,7 @@ outside ``--out``."""
 from __future__ import annotations
 
 import copy
+import math
 import os
 import subprocess
 import sys
@@ -591,6 +592,24 @@ def test_an_alias_bomb_fails_in_well_under_a_second() -> None:
     with pytest.raises(ConfigError, match="more than 100,000 values"):
         load_yaml(bomb())
     assert time.perf_counter() - started < 0.5
+
+
+def test_the_nan_stop_message_comes_without_torch_warnings() -> None:
+    import warnings
+    from types import SimpleNamespace
+
+    from distill.config import TrainConfig
+    from distill.errors import NonFiniteLossError
+    from distill.training.signals import NonFiniteGuard
+
+    weight = torch.ones((), requires_grad=True)
+    out = SimpleNamespace(loss=weight * math.nan, parts={"ce": weight * math.nan})
+    guard = NonFiniteGuard(TrainConfig(), lambda: None, "[s] train")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning would fail here instead of the stop
+        with pytest.raises(NonFiniteLossError) as exc:
+            guard.ok(out, 0, 5)
+    assert "\n" not in str(exc.value) and "the loss is nan at epoch 1, step 6" in str(exc.value)
 
 
 # The other commands: the same rule (one line, exit 2).
