@@ -230,6 +230,7 @@ class Pipeline:
             make_teacher=lambda name, settings, temperature: self._teacher(
                 name, settings, temperature, bundle
             ),
+            tokenizer=getattr(bundle, "tokenizer", None),
         )
         for spec in self.recipe.stages:
             spec.check(ctx)
