@@ -128,6 +128,8 @@ def test_the_loss_on_the_students_own_generation_is_the_formula(
     assert torch.allclose(out.loss.double(), want, rtol=1e-5)
     assert torch.allclose(out.parts["kd"].double(), want, rtol=1e-5)
     assert out.parts["gen_seconds"] >= 0
+    assert method.eval()(BATCH).parts["gen_seconds"] == 0, "an evaluation loss is off-policy"
+    method.train()
     for name, param in student.named_parameters():
         if name in got:
             assert torch.allclose(got[name], param.grad.float(), rtol=1e-4, atol=1e-7), name

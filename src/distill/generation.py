@@ -278,7 +278,9 @@ class OnPolicy:
     :math:`\alpha\,T^2\,D(p_T, q_T)` alone. With ``seq_kd=True`` the teacher writes the
     continuations instead, and the student also takes the usual
     :math:`(1-\alpha)\,\mathrm{CE}` on them: sequence-level KD (Kim and Rush 2016), mixed
-    with the divergence. The other batches are trained as off-policy KD.
+    with the divergence. The other batches are trained as off-policy KD. Under gradient
+    accumulation a generated micro-batch keeps the weight of the batch it replaces (its share
+    of the step's labelled tokens).
 
     Which batches generate is drawn per micro-batch from ``(seed, epoch, step, micro-batch)``
     of the method's :class:`~distill.methods.base.Progress`, and the tokens are sampled with a
@@ -361,9 +363,12 @@ class OnPolicy:
         return micro if draw < self.fraction else None
 
     def generate(self, method: Any, batch: Batch) -> Generated | None:
-        """For a drawn batch of ``method`` (a :class:`~distill.methods.KD`), the sequences its
-        student (or, with ``seq_kd``, its teacher) writes after the batch's prompts; ``None``
-        for the others."""
+        """For a drawn batch of ``method`` (a :class:`~distill.methods.KD`) in training mode,
+        the sequences its student (or, with ``seq_kd``, its teacher) writes after the batch's
+        prompts; ``None`` for the others, and in eval mode (an evaluation loss stays the
+        off-policy one)."""
+        if not method.training:
+            return None
         micro = self.draw(method.progress)
         if micro is None:
             return None

@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 
 from ..checks import Temperature, Weight
 from ..config import Strict
+from ..errors import ConfigError
 from ..generation import OnPolicy
 from ..report import alone_cells, markdown_table, metric_cells, task_of
 from ..seeding import derive_seed
@@ -62,6 +63,19 @@ class OnPolicyFields(Strict):
                 seed=derive_seed(ctx.seed, stage, "on-policy"),
             )
         }
+
+    def check_on_policy(
+        self, ctx: StageContext, where: str, teacher: str, student: str, vocab: str
+    ) -> None:
+        """Before anything trains, the errors :meth:`OnPolicy.check
+        <distill.generation.OnPolicy.check>` would raise, prefixed with ``where``."""
+        if self.on_policy is None:
+            return
+        try:
+            on_policy = self.on_policy_options(ctx, where)["on_policy"]
+            on_policy.check(ctx.task, ctx.models[teacher], ctx.models[student], vocab)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
 
     def summary_fields(self) -> dict[str, Any]:
         fields = super().summary_fields()  # type: ignore[misc]

@@ -162,13 +162,7 @@ class KDStage(_on_policy.OnPolicyFields, TeacherFields, KDFields, TeacherStudent
         check_standardize(self)
         where = f"stage {self.stage_name()!r} (kd)"
         check_same_outputs(ctx, where, [self.teacher, self.student], self.vocab == "shared")
-        if self.on_policy is not None:
-            try:
-                options = self.on_policy_options(ctx, self.stage_name())
-                models = [ctx.models[self.teacher], ctx.models[self.student]]
-                options["on_policy"].check(ctx.task, *models, self.vocab)
-            except ConfigError as exc:
-                raise ConfigError(f"{where}: {exc}") from None
+        self.check_on_policy(ctx, where, self.teacher, self.student, self.vocab)
 
     def phases(self, ctx: StageContext) -> list[Phase]:
         return [Phase("kd", lambda: self.build(ctx), [self.student], self.train)]
