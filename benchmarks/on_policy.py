@@ -10,6 +10,9 @@ On ``python-stdlib`` with the models and budget of ``distill demo --task lm``
    ``MAX_NEW_TOKENS`` bytes of its own (sampled at temperature 1, no nucleus cut) and the
    divergence is taken over those tokens only (λ = 0 is off-policy KD). The demo's T and α.
 
+3. ``warm-<s>``: GKD's own protocol, which starts from a trained student: the seed's student
+   alone, then one more epoch of KD with reverse KL at λ = 0 and at λ = 1.
+
 Two scores per student: its test perplexity on the held-out files, and how plausible the
 teacher finds what the student writes, the teacher's mean negative log-likelihood per token of
 the student's samples (:func:`distill.generation.sample_nll`: ``EVAL_NEW_TOKENS`` bytes sampled
@@ -51,6 +54,7 @@ LOSSES: dict[str, dict[str, Any]] = {
 FRACTIONS = (0.0, 0.5, 1.0)
 PROMPT_TOKENS, MAX_NEW_TOKENS = 32, 32
 EVAL_PROMPTS, EVAL_NEW_TOKENS = 128, 64
+WARM = (0.0, 1.0)  # λ of the warm-start pair (reverse KL)
 
 
 def model_name(loss: int, fraction: float) -> str:
@@ -78,6 +82,29 @@ def seed_recipe(base: dict[str, Any], seed: int, teacher: Path) -> dict[str, Any
                     "prompt_tokens": PROMPT_TOKENS,
                 }
             recipe["stages"].append(stage)
+    return recipe
+
+
+def warm_name(fraction: float) -> str:
+    return f"warm_l0_f{int(fraction * 100):03d}"
+
+
+def warm_recipe(base: dict[str, Any], seed: int, teacher: Path, student: Path) -> dict[str, Any]:
+    """GKD's own protocol, from a trained student: the seed's student alone (``student``, a
+    checkpoint), then one epoch of KD with reverse KL at λ = 0 and at λ = 1 (AdamW at a
+    fine-tuning rate, 1e-3)."""
+    recipe = seed_recipe(base, seed, teacher)
+    config = recipe["models"]["student"]["config"]
+    recipe["models"] = {"teacher": recipe["models"]["teacher"]}
+    recipe["train"]["epochs"] = 1
+    recipe["train"]["optimizer"]["lr"] = 1.0e-3
+    stages = []
+    for fraction in WARM:
+        name = warm_name(fraction)
+        recipe["models"][name] = {"arch": "hf:", "config": config, "checkpoint": str(student)}
+        stage = next(s for s in recipe["stages"] if s.get("student") == model_name(0, fraction))
+        stages.append({**stage, "student": name})
+    recipe["stages"] = stages
     return recipe
 
 
@@ -175,13 +202,21 @@ def markdown(results: list[dict[str, Any]], base: dict[str, Any], wall: float) -
                 f"| KD, {label}, λ = {fraction:g} | {' | '.join(cells(name))} | "
                 f"{per_step:.3f} | {share:.0%} |"
             )
+    for fraction in WARM if warm_name(0.0) in results[0]["nll"] else ():
+        name = warm_name(fraction)
+        per_step = mean_std([r["costs"][name][0] for r in results])[0]
+        share = mean_std([r["costs"][name][1] for r in results])[0]
+        lines.append(
+            f"| student alone, then 1 epoch of KD, reverse KL, λ = {fraction:g} | "
+            f"{' | '.join(cells(name))} | {per_step:.3f} | {share:.0%} |"
+        )
     lines += ["", "**What wins here.**", "", *verdict(results)]
     data, kd = base["data"], next(s for s in base["stages"] if s["method"] == "kd")
     models = {r: base["models"][r]["config"] for r in ("teacher", "student")}
     params = {r: results[0]["summary"]["models"][r]["params"] for r in ("teacher", "student")}
     lines += [
         "",
-        f"- Models and data as the [language-model benchmark](#language-models): teacher "
+        f"- The demo's models and data (`distill demo --task lm`, as `benchmarks/lm.py`): teacher "
         f"hidden {models['teacher']['hidden_size']}, {models['teacher']['num_hidden_layers']} "
         f"layers ({params['teacher']:,} parameters, {base['stages'][0]['epochs']} epochs); "
         f"student hidden {models['student']['hidden_size']}, "
@@ -249,6 +284,21 @@ def verdict(results: list[dict[str, Any]]) -> list[str]:
                 + f"(better in {sum(d < 0 for d in ppl)}/{len(ppl)} and "
                 f"{sum(d < 0 for d in nll)}/{len(nll)} seeds)."
             )
+    if warm_name(0.0) in results[0]["nll"]:
+        on, off = warm_name(1.0), warm_name(0.0)
+        ppl = [
+            r["summary"]["models"][on]["test_perplexity"]
+            - r["summary"]["models"][off]["test_perplexity"]
+            for r in results
+        ]
+        nll = [r["nll"][on]["nll"] - r["nll"][off]["nll"] for r in results]
+        lines.append(
+            "- From the trained student alone (GKD's setting), one more epoch with reverse KL, "
+            "λ = 1 − λ = 0, per seed: perplexity {:+.3f} ± {:.3f}, teacher NLL {:+.3f} ± "
+            "{:.3f} ".format(*mean_std(ppl), *mean_std(nll))
+            + f"(better in {sum(d < 0 for d in ppl)}/{len(ppl)} and "
+            f"{sum(d < 0 for d in nll)}/{len(nll)} seeds)."
+        )
     return lines
 
 
@@ -275,6 +325,17 @@ def main(argv: list[str] | None = None) -> int:
         wall += summary["wall_seconds"] + time.perf_counter() - t0
         size = recipe["data"]["batch_size"]
         costs = {n: step_costs(folder, n, size) for n in recipe["models"] if n != "teacher"}
+        warm = warm_recipe(base, seed, teacher_file, folder / "checkpoints" / "student.pt")
+        warm_folder = out / f"warm-{seed}"
+        warm_summary = run(warm, warm_folder)
+        t0 = time.perf_counter()
+        warm_nll = sample_scores(warm, warm_folder, 32 if args.quick else EVAL_PROMPTS)
+        wall += warm_summary["wall_seconds"] + time.perf_counter() - t0
+        summary["models"].update(warm_summary["models"])
+        nll.update({n: v for n, v in warm_nll.items() if n != "teacher"})
+        costs.update(
+            {n: step_costs(warm_folder, n, size) for n in warm["models"] if n != "teacher"}
+        )
         results.append({"summary": summary, "nll": nll, "costs": costs})
         shown = {
             n: (round(m["test_perplexity"], 3), round(nll[n]["nll"], 3))

@@ -29,6 +29,20 @@ def test_each_seed_trains_the_student_alone_and_every_divergence_at_every_share(
             assert stage.on_policy.prompt_tokens == on_policy.PROMPT_TOKENS
 
 
+def test_the_warm_start_pair_continues_the_student_alone_for_one_epoch() -> None:
+    base = on_policy.budget(quick=False)
+    recipe = on_policy.warm_recipe(base, 1, Path("teacher.pt"), Path("seed-1/student.pt"))
+    parsed = parse_recipe(recipe)
+    assert set(parsed.models) == {"teacher", "warm_l0_f000", "warm_l0_f100"}
+    assert {m.checkpoint for n, m in parsed.models.items() if n != "teacher"} == {
+        "seed-1/student.pt"
+    }
+    off, on = parsed.stages
+    assert off.on_policy is None and on.on_policy.fraction == 1.0
+    assert off.loss.kind == on.loss.kind == "reverse_kl"
+    assert on.train.epochs == 1 and on.train.optimizer.lr == 1.0e-3
+
+
 def fake_results(offsets: list[float]) -> list[dict[str, Any]]:
     """One result per seed: perplexity 10 + index·offset, NLL 2 + fraction·offset per model."""
     results = []
@@ -37,8 +51,9 @@ def fake_results(offsets: list[float]) -> list[dict[str, Any]]:
         names = ["teacher", "student"] + [
             on_policy.model_name(i, f) for i in range(2) for f in on_policy.FRACTIONS
         ]
+        names += [on_policy.warm_name(f) for f in on_policy.WARM]
         for index, name in enumerate(names):
-            fraction = float(name[-3:]) / 100 if name.startswith("student_l") else 0.5
+            fraction = float(name[-3:]) / 100 if name[-4:-3] == "f" else 0.5
             models[name] = {"test_perplexity": 10 + index * offset, "params": 100 + index}
             nll[name] = {"nll": 2 - fraction * offset, "length": 60.0, "tokens": 6000.0}
             costs[name] = (0.1 + fraction, fraction / 2)
@@ -57,6 +72,9 @@ def test_the_table_and_what_wins() -> None:
     assert "reverse KL, λ = 1 − λ = 0, per seed: perplexity +3.000 ± 1.414" in text
     assert "teacher NLL -1.500 ± 0.707 (better in 0/2 and 2/2 seeds)" in text
     assert "wall time 10.0 min" in text
+    # the warm-start pair: indices 8 and 9, fractions 0 and 1
+    assert "| student alone, then 1 epoch of KD, reverse KL, λ = 1 | 23.500 ± 6.364 |" in text
+    assert "λ = 1 − λ = 0, per seed: perplexity +1.500 ± 0.707, teacher NLL -1.500" in text
 
 
 def test_step_costs_read_the_generation_share_from_the_records(tmp_path: Path) -> None:
