@@ -264,6 +264,7 @@ class Pipeline:
             make_teacher=lambda name, settings, temperature: self._teacher(
                 name, settings, temperature, bundle
             ),
+            tokenizer=getattr(bundle, "tokenizer", None),
         )
         for index, spec in enumerate(self.recipe.stages):
             check_processes(spec.train, self.accelerator, f"stages.{index}")

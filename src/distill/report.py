@@ -197,17 +197,41 @@ def method_sections(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _trained_by(summary: dict[str, Any], name: str) -> str:
+    """How model ``name`` was trained: ``stage `x`, kd``, or where it was loaded from."""
+    stage_name = summary["models"].get(name, {}).get("trained_by")
+    stage = next((s for s in summary["stages"] if s["name"] == stage_name), None)
+    if stage is None:
+        return stage_name or "not trained"
+    return f"stage `{stage['name']}`, {stage['method']}"
+
+
 def samples_section(summary: dict[str, Any]) -> list[str]:
-    """What each model makes of one fixed input (a language model's greedy continuation of a
-    prompt), when the run's task gives one."""
+    """What each model makes of fixed inputs (a language model's greedy continuations of
+    validation prompts), when the run's task gives them."""
     samples = summary.get("samples")
     if not samples:
         return []
-    lines = ["", "## Samples", "", "Greedy continuation of a prompt from the validation split:"]
+    if "prompt" in samples:  # a summary written before there were several prompts
+        samples = {
+            "prompts": [samples["prompt"]],
+            "continuations": {n: [t] for n, t in samples["continuations"].items()},
+        }
+    prompts, continuations = samples["prompts"], samples["continuations"]
+    models = "; ".join(f"`{name}` ({_trained_by(summary, name)})" for name in continuations)
+    lines = [
+        "",
+        "## Samples",
+        "",
+        f"Greedy continuation by each model of {len(prompts)} fixed prompt(s) from the "
+        f"validation split, the same on every run. Models: {models}.",
+    ]
     fence = "~~~~"  # not ```, which source code may hold
-    lines += ["", "Prompt:", "", fence, samples["prompt"], fence]
-    for name, text in samples["continuations"].items():
-        lines += ["", f"`{name}`:", "", fence, text, fence]
+    for number, prompt in enumerate(prompts):
+        heading = f"### Prompt {number + 1}" if len(prompts) > 1 else "Prompt:"
+        lines += ["", heading, "", fence, prompt, fence]
+        for name, texts in continuations.items():
+            lines += ["", f"`{name}`:", "", fence, texts[number], fence]
     return lines
 
 

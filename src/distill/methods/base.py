@@ -36,7 +36,8 @@ class Output:
     Attributes:
         loss: the scalar to back-propagate.
         parts: weighted loss terms by name (``"ce"``, ``"kd"``, ...) for logging; they sum to
-            ``loss``.
+            ``loss``, but for timings, whose names end in ``_seconds`` (``"gen_seconds"``: the
+            seconds a method spent generating for the batch, shown beside the loss).
         logits: the student's logits (``[N, C]``, or ``[N, L−1, V]`` for a causal LM); a list,
             one per model, for a cohort.
     """
@@ -205,6 +206,7 @@ class StageContext:
             checkpoint when this stage starts (a method may skip retraining them).
         make_teacher: builds the :class:`Teacher` of a model with a stage's teacher settings
             (the pipeline's, which attaches output stores); default: a plain ``Teacher``.
+        tokenizer: the text data's tokenizer (``None`` for images), for methods that generate.
     """
 
     models: dict[str, nn.Module]
@@ -214,6 +216,7 @@ class StageContext:
     seed: int = 0
     trained: set[str] = field(default_factory=set)
     make_teacher: Callable[[str, TeacherFields | None, float], Teacher] | None = None
+    tokenizer: Any = None
 
     def teacher(
         self, name: str, settings: TeacherFields | None = None, temperature: float = 1.0

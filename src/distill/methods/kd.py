@@ -3,16 +3,18 @@ of images, or token logits of a causal LM, with any divergence of :mod:`distill.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from ..checks import check_distinct_modules, check_fraction, check_temperature
 from ..errors import ConfigError
+from ..generation import OnPolicy
 from ..losses import divergence, kd_loss
 from ..tasks import Batch, Task
 from ..teachers import Teacher, as_teacher
+from . import _on_policy
 from ._logits import VOCABS, check_standardize, distillation_logits, match_classes
 from .base import (
     DemoEntry,
@@ -58,6 +60,9 @@ class KD(Distiller):
             logits shifted to mean 0 and scaled to standard deviation 1 before ``T``
             (:func:`~distill.losses.standardize`); the CE term keeps the raw logits.
         task: how the models are called on a batch (default ``classification``).
+        on_policy: for a causal LM, distil on sequences the student samples itself for a share
+            of the batches (GKD; see :class:`~distill.generation.OnPolicy`): the soft term over
+            the generated tokens, no CE on them. Parts gain ``gen_seconds``.
     """
 
     def __init__(
@@ -73,6 +78,7 @@ class KD(Distiller):
         vocab: Literal["equal", "shared"] = "equal",
         standardize: bool = False,
         task: str | Task = "classification",
+        on_policy: OnPolicy | None = None,
     ) -> None:
         super().__init__(task)
         self.temperature = check_temperature(temperature)
@@ -87,6 +93,9 @@ class KD(Distiller):
         self.teacher = as_teacher(teacher, self.task)
         check_distinct_modules([self.teacher.module, student], "KD")
         self.student = student.requires_grad_(True)
+        self.on_policy = on_policy
+        if on_policy is not None:
+            on_policy.check(self.task, self.teacher.module, student, vocab)
 
     def soft_loss(
         self, logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor | None
@@ -103,20 +112,26 @@ class KD(Distiller):
         return self.temperature**2 * value
 
     def forward(self, batch: Batch) -> Output:
-        teacher_logits = self.teacher(batch)
+        made = self.on_policy.generate(self, batch) if self.on_policy is not None else None
+        batch = batch if made is None else made.batch
+        teacher_logits = self.teacher(batch) if made is None else self.teacher.compute(batch)
         logits = self.task.logits(self.student, batch)
         soft = self.soft_loss(logits, teacher_logits, self.task.positions(batch))
-        ce = self.task.supervised_loss(logits, batch)
+        own = made is not None and not made.by_teacher  # no CE on the student's own samples
+        ce = soft.new_zeros(()) if own else self.task.supervised_loss(logits, batch)
         parts = {"ce": (1 - self.alpha) * ce, "kd": self.alpha * soft}
         loss = parts["ce"] + parts["kd"]
+        if self.on_policy is not None:
+            parts["gen_seconds"] = soft.new_tensor(made.seconds if made is not None else 0.0)
         return Output(loss=loss, parts={k: v.detach() for k, v in parts.items()}, logits=logits)
 
 
-class KDStage(TeacherFields, KDFields, TeacherStudentSpec):
+class KDStage(_on_policy.OnPolicyFields, TeacherFields, KDFields, TeacherStudentSpec):
     """``{method: kd, teacher: NAME, student: NAME, temperature: 4.0, alpha: 0.9}``, plus
-    ``loss: {kind: jsd, beta: 0.5}``, ``vocab: shared`` and ``standardize`` (see :class:`KD`)
-    and the teacher fields of :class:`~distill.methods.base.TeacherFields` (``cache:
-    teacher``...)."""
+    ``loss: {kind: jsd, beta: 0.5}``, ``vocab: shared`` and ``standardize`` (see :class:`KD`),
+    the teacher fields of :class:`~distill.methods.base.TeacherFields` (``cache:
+    teacher``...) and, on a causal LM, ``on_policy: {fraction: 0.5, ...}`` and ``seq_kd``
+    (:class:`~distill.methods._on_policy.OnPolicyFields`)."""
 
     method: Literal["kd"] = "kd"
 
@@ -140,12 +155,18 @@ class KDStage(TeacherFields, KDFields, TeacherStudentSpec):
             self.alpha,
             task=ctx.task,
             **self.soft_loss_options(),
+            **self.on_policy_options(ctx, self.stage_name()),
         )
 
     def check(self, ctx: StageContext) -> None:
         check_standardize(self)
         where = f"stage {self.stage_name()!r} (kd)"
         check_same_outputs(ctx, where, [self.teacher, self.student], self.vocab == "shared")
+        self.check_on_policy(ctx, where, self.teacher, self.student, self.vocab)
 
     def phases(self, ctx: StageContext) -> list[Phase]:
         return [Phase("kd", lambda: self.build(ctx), [self.student], self.train)]
+
+    @classmethod
+    def report_section(cls, summary: dict[str, Any], stages: list[dict[str, Any]]) -> list[str]:
+        return _on_policy.report_section(summary, stages)

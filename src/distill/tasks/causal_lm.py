@@ -102,23 +102,31 @@ class CausalLM(Task):
         data: Any,
         prompt_tokens: int = 32,
         new_tokens: int = 48,
+        prompts: int = 3,
     ) -> dict[str, Any] | None:
-        """The greedy continuation, by each model, of the first ``prompt_tokens`` tokens of
-        the first validation sequence: ``{"prompt": text, "continuations": {name: text}}``
-        (greedy decoding needs no seed, so it is the same on every run)."""
+        """The greedy continuation, by each model, of fixed prompts: the first
+        ``prompt_tokens`` labelled tokens of each of the first ``prompts`` validation
+        sequences (those with at least 2), ``{"prompts": [text, ...], "continuations": {name:
+        [text, ...]}}`` (greedy decoding needs no seed, so they are the same on every run)."""
         tokenizer = getattr(data, "tokenizer", None)
         if tokenizer is None or len(data.val) == 0:
             return None
-        first = data.val[0]
-        keep = first["labels"] != IGNORE_INDEX if "labels" in first else None
-        ids = first["input_ids"] if keep is None else first["input_ids"][keep]
-        prompt = ids[:prompt_tokens]
-        if len(prompt) < 2:
+        chosen = []
+        for index in range(min(prompts, len(data.val))):
+            item = data.val[index]
+            keep = item["labels"] != IGNORE_INDEX if "labels" in item else None
+            ids = item["input_ids"] if keep is None else item["input_ids"][keep]
+            if len(ids[:prompt_tokens]) >= 2:
+                chosen.append(ids[:prompt_tokens])
+        if not chosen:
             return None
         return {
-            "prompt": tokenizer.decode(prompt.tolist()),
+            "prompts": [tokenizer.decode(prompt.tolist()) for prompt in chosen],
             "continuations": {
-                name: tokenizer.decode(greedy(self, model, prompt, new_tokens).tolist())
+                name: [
+                    tokenizer.decode(greedy(self, model, prompt, new_tokens).tolist())
+                    for prompt in chosen
+                ]
                 for name, model in models.items()
             },
         }
