@@ -193,6 +193,11 @@ class StageContext:
         if self.make_teacher is not None:
             return self.make_teacher(name, settings, temperature)
         precision = settings.teacher_precision if settings is not None else "fp32"
+        path = getattr(settings, "teacher_logits", None)
+        if path is not None:
+            from ..cache.offline import TeacherStore
+
+            return Teacher(None, self.task, precision, store=TeacherStore(path))
         return Teacher(self.models[name], self.task, precision)
 
 
@@ -262,6 +267,17 @@ class TeacherFields(Strict):
         )
 
 
+class TeacherLogitsFields(Strict):
+    """``teacher_logits: PATH``: read the teacher's outputs from an offline store (top-k
+    log-probabilities per token, written by ``distill cache build RECIPE --stage NAME --out
+    PATH``; see :mod:`distill.cache.offline`) instead of running the teacher. The stage's
+    teacher then never runs; the store must have been built by that teacher, with the recipe's
+    tokenizer and training data, at the stage's temperature (a mismatch is refused, naming
+    which)."""
+
+    teacher_logits: str | None = None
+
+
 class StageSpec(Strict):
     """Fields common to every stage of a recipe.
 
@@ -307,6 +323,8 @@ class StageSpec(Strict):
     def summary_fields(self) -> dict[str, Any]:
         """Method settings worth showing in ``summary.json`` (e.g. temperature, alpha)."""
         skip = {"method", "name", "train"} | set(StageSpec.model_fields)
+        if self.model_dump().get("teacher_logits", "") is None:
+            skip |= {"teacher_logits"}
         if self.model_dump().get("cache", "none") == "none":
             skip |= set(TeacherFields.model_fields) - {"teacher_precision"}
         return {k: v for k, v in self.model_dump().items() if k not in skip}

@@ -1,16 +1,23 @@
 """Classic knowledge distillation (Hinton, Vinyals and Dean 2015), on any task: class logits
-of images, or token logits of a causal LM, with any divergence of :mod:`distill.losses`."""
+of images, or token logits of a causal LM, with any divergence of :mod:`distill.losses`; from a
+live teacher or an offline top-k store, and for language models optionally chunk by chunk."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..checks import check_distinct_modules, check_fraction, check_temperature
 from ..errors import ConfigError
+from ..heads import check_output_layer, hidden_states, output_layer
 from ..losses import divergence, kd_loss, standardize
+from ..losses.sparse import TopK
+from ..losses.stored import topk_divergence
 from ..tasks import Batch, Task
 from ..teachers import Teacher, as_teacher
 from .base import (
@@ -21,6 +28,7 @@ from .base import (
     Phase,
     StageContext,
     TeacherFields,
+    TeacherLogitsFields,
     TeacherStudentSpec,
     check_same_outputs,
 )
@@ -41,6 +49,19 @@ class KD(Distiller):
     positions where the task applies losses (the batch for images; the labelled tokens for a
     causal LM, after the shift).
 
+    The teacher may answer from an offline store (``teacher(batch)`` a
+    :class:`~distill.losses.sparse.TopK`): the divergence is then taken over the stored ids
+    plus one bucket for the rest of the vocabulary (:func:`~distill.losses.stored.topk_divergence`).
+
+    With ``chunk_tokens = n`` (language models), the student's logits are never formed whole:
+    its last hidden states at the labelled positions ``[T, H]`` are taken (its output layer
+    skipped, :mod:`distill.heads`), and the output layer, both terms and the teacher's logits
+    (live: from its own hidden states, under ``no_grad``; or the store's rows) are computed
+    ``n`` positions at a time, each chunk recomputed in the backward pass
+    (``torch.utils.checkpoint``). Peak memory then grows with ``n·V``, not ``N·L·V``; the
+    value and the gradients are those of the dense computation. ``Output.logits`` is then
+    empty along the classes (``[N, L−1, 0]``).
+
     Args:
         teacher: a :class:`~distill.teachers.Teacher`, or any trained module (wrapped in one:
             eval mode, frozen, run under ``torch.no_grad()``).
@@ -57,8 +78,12 @@ class KD(Distiller):
             the first ``min(V_s, V_t)``.
         standardize: take the soft term on z-scored logits (Sun et al. 2024), each position's
             logits shifted to mean 0 and scaled to standard deviation 1 before ``T``
-            (:func:`~distill.losses.standardize`); the CE term keeps the raw logits.
+            (:func:`~distill.losses.standardize`); the CE term keeps the raw logits. A store
+            keeps the teacher's log-probabilities of its standardised logits.
         task: how the models are called on a batch (default ``classification``).
+        chunk_tokens: compute the loss this many positions at a time (``None``: all at once);
+            an integer >= 1. Needs models whose output layer is known
+            (:func:`~distill.heads.output_layer`: Hugging Face causal LMs).
     """
 
     def __init__(
@@ -74,8 +99,15 @@ class KD(Distiller):
         vocab: Literal["equal", "shared"] = "equal",
         standardize: bool = False,
         task: str | Task = "classification",
+        chunk_tokens: int | None = None,
     ) -> None:
         super().__init__(task)
+        if chunk_tokens is not None and (
+            isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or chunk_tokens < 1
+        ):
+            raise ConfigError(f"chunk_tokens must be an integer >= 1, got {chunk_tokens!r}")
+        self.chunk_tokens = chunk_tokens
+        self._head_checked = False
         self.temperature = check_temperature(temperature)
         self.alpha = check_fraction(alpha)
         if vocab not in VOCABS:
@@ -90,27 +122,73 @@ class KD(Distiller):
         self.student = student.requires_grad_(True)
 
     def soft_loss(
-        self, logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor | None
+        self, logits: torch.Tensor, teacher_logits: torch.Tensor | TopK, mask: torch.Tensor | None
     ) -> torch.Tensor:
-        """T²·D(softmax(t/T), softmax(s/T)), a mean over the positions of ``mask``."""
+        """T²·D(softmax(t/T), softmax(s/T)), a mean over the positions of ``mask``; for a
+        stored :class:`TopK` teacher, over its ids and one bucket for the rest."""
+        options = {"temperature": self.temperature, "beta": self.beta, "skew": self.skew}
+        if isinstance(teacher_logits, TopK):  # log-probabilities at T, standardised if asked
+            s = standardize(logits) if self.standardize else logits
+            kind = self.loss or "forward_kl"
+            value = topk_divergence(s, teacher_logits, kind, mask=mask, **options)
+            return self.temperature**2 * value
         s, t = match_classes(logits, teacher_logits, self.vocab)
         if self.standardize:
             s, t = standardize(s), standardize(t)
         if self.loss is None:
             return kd_loss(s, t, self.temperature, mask=mask)
-        value = divergence(
-            s, t, self.loss, temperature=self.temperature, beta=self.beta, skew=self.skew,
-            mask=mask,
-        )
-        return self.temperature**2 * value
+        return self.temperature**2 * divergence(s, t, self.loss, mask=mask, **options)
 
     def forward(self, batch: Batch) -> Output:
+        if self.chunk_tokens is not None:
+            return self.chunked_forward(batch)
         teacher_logits = self.teacher(batch)
         logits = self.task.logits(self.student, batch)
         soft = self.soft_loss(logits, teacher_logits, self.task.positions(batch))
         ce = self.task.supervised_loss(logits, batch)
         parts = {"ce": (1 - self.alpha) * ce, "kd": self.alpha * soft}
         loss = parts["ce"] + parts["kd"]
+        return Output(loss=loss, parts={k: v.detach() for k, v in parts.items()}, logits=logits)
+
+    def chunked_forward(self, batch: Batch) -> Output:
+        """:meth:`forward` with the loss computed ``chunk_tokens`` positions at a time (see
+        the class docstring): the same value and gradients, without the whole logits."""
+        if not self._head_checked:
+            check_output_layer(self.student, self.task, batch)
+            self._head_checked = True
+        hidden = hidden_states(self.student, self.task, batch)  # [N, L-1, H], the graph
+        mask = self.task.positions(batch)
+        if mask is None:
+            mask = torch.ones(hidden.shape[:-1], dtype=torch.bool, device=hidden.device)
+        mask = mask.bool()
+        rows, targets = hidden[mask], self.task.targets(batch)[mask]  # [T, H], [T]
+        live, stored = self.teacher.store is None, False
+        if live:  # hidden states now, the teacher's logits chunk by chunk
+            teacher: tuple[torch.Tensor, ...] = (self.teacher.hidden(batch)[mask],)
+        else:  # an offline store's rows, or a cache's dense logits
+            found = self.teacher(batch)
+            stored = isinstance(found, TopK)
+            teacher = tuple(x[mask] for x in found) if stored else (found[mask],)
+        head = output_layer(self.student)
+
+        def chunk(h: torch.Tensor, y: torch.Tensor, *t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            logits = head(h)
+            t_chunk: Any = self.teacher.head(t[0]) if live else TopK(*t) if stored else t[0]
+            soft = self.soft_loss(logits, t_chunk, None) * h.shape[0]
+            return soft, F.cross_entropy(logits.float(), y, reduction="sum")
+
+        soft = ce = rows.sum().float() * 0.0  # stays in the graph with no labelled position
+        for start in range(0, rows.shape[0], self.chunk_tokens):
+            part = slice(start, start + self.chunk_tokens)
+            s, c = checkpoint(
+                chunk, rows[part], targets[part], *(x[part] for x in teacher),
+                use_reentrant=False, preserve_rng_state=False,
+            )
+            soft, ce = soft + s, ce + c
+        count = mask.sum().clamp_min(1)
+        parts = {"ce": (1 - self.alpha) * ce / count, "kd": self.alpha * soft / count}
+        loss = parts["ce"] + parts["kd"]
+        logits = hidden.new_empty((*hidden.shape[:-1], 0))
         return Output(loss=loss, parts={k: v.detach() for k, v in parts.items()}, logits=logits)
 
 
@@ -143,13 +221,16 @@ def match_classes(
     return student, teacher
 
 
-class KDStage(TeacherFields, KDFields, TeacherStudentSpec):
+class KDStage(TeacherLogitsFields, TeacherFields, KDFields, TeacherStudentSpec):
     """``{method: kd, teacher: NAME, student: NAME, temperature: 4.0, alpha: 0.9}``, plus
-    ``loss: {kind: jsd, beta: 0.5}``, ``vocab: shared`` and ``standardize`` (see :class:`KD`)
-    and the teacher fields of :class:`~distill.methods.base.TeacherFields` (``cache:
-    teacher``...)."""
+    ``loss: {kind: jsd, beta: 0.5}``, ``vocab: shared`` and ``standardize`` (see :class:`KD`),
+    the teacher fields of :class:`~distill.methods.base.TeacherFields` (``cache:
+    teacher``...), ``teacher_logits: PATH`` (an offline store built by ``distill cache
+    build``; the teacher never runs) and ``chunk_tokens: N`` (language models: the loss N
+    tokens at a time, never the whole logits)."""
 
     method: Literal["kd"] = "kd"
+    chunk_tokens: int | None = Field(None, ge=1)
 
     demo = DemoEntry(
         student="student_kd",
@@ -162,6 +243,15 @@ class KDStage(TeacherFields, KDFields, TeacherStudentSpec):
         },
     )
 
+    @model_validator(mode="after")
+    def _one_source(self) -> KDStage:
+        if self.teacher_logits is not None and self.cache != "none":
+            raise ValueError(
+                f"teacher_logits and cache: {self.cache} both say where the teacher's outputs "
+                "come from; keep one (an offline store needs no cache)"
+            )
+        return self
+
     def build(self, ctx: StageContext) -> KD:
         """The KD Distiller on ``ctx``'s models."""
         return KD(
@@ -170,12 +260,37 @@ class KDStage(TeacherFields, KDFields, TeacherStudentSpec):
             self.temperature,
             self.alpha,
             task=ctx.task,
+            chunk_tokens=self.chunk_tokens,
             **self.soft_loss_options(),
         )
 
     def check(self, ctx: StageContext) -> None:
         where = f"stage {self.stage_name()!r} (kd)"
-        check_same_outputs(ctx, where, [self.teacher, self.student], self.vocab == "shared")
+        if self.teacher_logits is None:
+            check_same_outputs(ctx, where, [self.teacher, self.student], self.vocab == "shared")
+            return
+        store = ctx.teacher(self.teacher, self, self.temperature).store  # checks the store
+        student = ctx.models[self.student]
+        was_training = student.training
+        student.eval()
+        try:
+            with torch.no_grad():
+                classes = ctx.task.logits(student, ctx.sample_batch).shape[-1]
+        finally:
+            student.train(was_training)
+        if classes != store.classes:
+            raise ConfigError(
+                f"{where}: the teacher store {self.teacher_logits} holds a teacher of "
+                f"{store.classes} classes but the student {self.student!r} predicts {classes}; "
+                "a store is read by students of the teacher's vocabulary (vocab: shared needs "
+                "the live teacher)"
+            )
+
+    def summary_fields(self) -> dict[str, Any]:
+        fields = super().summary_fields()
+        if self.chunk_tokens is None:
+            fields.pop("chunk_tokens", None)
+        return fields
 
     def phases(self, ctx: StageContext) -> list[Phase]:
         return [Phase("kd", lambda: self.build(ctx), [self.student], self.train)]
