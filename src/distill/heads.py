@@ -89,13 +89,14 @@ def check_output_layer(model: nn.Module, task: Task, batch: Mapping[str, Any]) -
     gives the model's own logits, on the first sequence of ``batch`` (eval mode, float32 as
     the model runs; its train/eval mode is restored)."""
     inner = unwrap(model)
+    layer = output_layer(inner)
     was_training = inner.training
     inner.eval()
     first = {k: v[:1] if isinstance(v, torch.Tensor) and v.dim() else v for k, v in batch.items()}
     try:
         with torch.autocast(next(inner.parameters()).device.type, enabled=False):
             want = task.logits(inner, first).float()
-            got = output_layer(inner)(hidden_states(inner, task, first)).float()
+            got = layer(hidden_states(inner, task, first)).float()
     finally:
         inner.train(was_training)
     scale = want.abs().max().clamp_min(1.0)

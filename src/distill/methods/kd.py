@@ -120,6 +120,10 @@ class KD(Distiller):
         self.teacher = as_teacher(teacher, self.task)
         check_distinct_modules([self.teacher.module, student], "KD")
         self.student = student.requires_grad_(True)
+        if chunk_tokens is not None:  # both output layers must be known before training
+            output_layer(student)
+            if self.teacher.store is None:
+                output_layer(self.teacher.module)
 
     def soft_loss(
         self, logits: torch.Tensor, teacher_logits: torch.Tensor | TopK, mask: torch.Tensor | None
