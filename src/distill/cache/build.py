@@ -90,6 +90,7 @@ def build_store(
     dtype: str = "float16",
     batch_size: int | None = None,
     device: str = "auto",
+    data: Any = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Write the teacher store of ``recipe``'s stage ``stage`` to ``out``; return its manifest.
@@ -106,6 +107,8 @@ def build_store(
         dtype: ``float16`` or ``bfloat16`` log-probabilities.
         batch_size: items per teacher batch (default: the recipe's evaluation batch size).
         device: ``auto``, ``cpu`` or ``cuda``.
+        data: a :class:`~distill.data.DataBundle` (or text data) to use instead of
+            ``recipe.data``, as for :class:`~distill.pipeline.Pipeline`.
         log: where progress lines go (the main process's ``print`` by default).
     """
     from ..methods.base import TeacherLogitsFields
@@ -141,7 +144,7 @@ def build_store(
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: is a file; a teacher store is a directory")
 
-    pipeline = Pipeline(recipe, out, progress=False, device=device, log=log)
+    pipeline = Pipeline(recipe, out, data=data, progress=False, device=device, log=log)
     acc, log = pipeline.accelerator, pipeline.log
     bundle = pipeline._load_data()
     train = bundle.train
