@@ -5,10 +5,17 @@ of logits at once, and the models and values it refuses."""
 from __future__ import annotations
 
 import copy
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from distill import KD, Teacher
@@ -234,3 +241,51 @@ def test_models_whose_logits_are_not_the_output_layer_are_refused() -> None:
     plain = nn.Sequential(nn.Embedding(VOCAB, 8), nn.Linear(8, VOCAB))
     with pytest.raises(ConfigError, match="needs a model whose output layer is known"):
         KD(teacher, plain, task="causal_lm", chunk_tokens=4)
+
+
+def test_two_processes_train_chunked_as_one_with_the_global_batch(tmp_path: Path) -> None:
+    """Under DistributedDataParallel (which looks for parameters a forward did not use) the
+    output layer gets its gradient once, from the chunked loss: 2 CPU processes with batch B
+    end with the weights of 1 process with batch 2B."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text(Path(json.__file__).read_text()[:4000])
+    config = {k: v for k, v in llama(16).items() if k != "vocab_size"}
+    teacher = create("hf:", config={**config, "num_hidden_layers": 2}, task="causal_lm",
+                     vocab_size=259)
+    torch.save(teacher.state_dict(), tmp_path / "teacher.pt")
+    recipe = {
+        "seed": 0,
+        "task": "causal_lm",
+        "data": {"name": "text", "files": [str(corpus)], "seq_len": 24, "batch_size": 8,
+                 "split_by": "block", "subset": 64},  # 4 global batches of 16
+        "models": {"teacher": {"arch": "hf:", "config": {**config, "num_hidden_layers": 2},
+                               "checkpoint": str(tmp_path / "teacher.pt")},
+                   "student": {"arch": "hf:", "config": {**config, "hidden_size": 8}}},
+        "train": {"epochs": 1, "optimizer": {"name": "adamw", "lr": 1.0e-3}},
+        "stages": [{"method": "kd", "teacher": "teacher", "student": "student",
+                    "temperature": 2.0, "alpha": 0.5, "chunk_tokens": 50}],
+    }
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    runs = {}
+    for processes, batch in ((1, 16), (2, 8)):
+        recipe["data"]["batch_size"] = batch
+        path = tmp_path / f"r{processes}.yaml"
+        path.write_text(yaml.safe_dump(recipe))
+        out = tmp_path / f"run{processes}"
+        command = ["run", str(path), "--out", str(out), "--quiet", "--device", "cpu"]
+        if processes == 1:
+            command = [sys.executable, "-m", "distill.cli", *command]
+        else:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                       "--master_addr", "127.0.0.1", "--master_port", str(port), "-m",
+                       "distill.cli", *command]
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[processes] = torch.load(out / "checkpoints" / "student.pt", weights_only=True)
+    one, two = (r.get("state_dict", r) for r in (runs[1], runs[2]))
+    for name, value in one.items():
+        assert torch.allclose(value, two[name], atol=1e-4), name

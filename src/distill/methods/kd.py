@@ -10,11 +10,10 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ..checks import check_distinct_modules, check_fraction, check_temperature
 from ..errors import ConfigError
-from ..heads import check_output_layer, hidden_states, output_layer
+from ..heads import check_output_layer, chunked, hidden_states, output_layer
 from ..losses import divergence, kd_loss, standardize
 from ..losses.sparse import TopK
 from ..losses.stored import topk_divergence
@@ -58,7 +57,7 @@ class KD(Distiller):
     skipped, :mod:`distill.heads`), and the output layer, both terms and the teacher's logits
     (live: from its own hidden states, under ``no_grad``; or the store's rows) are computed
     ``n`` positions at a time, each chunk recomputed in the backward pass
-    (``torch.utils.checkpoint``). Peak memory then grows with ``n·V``, not ``N·L·V``; the
+    (:func:`~distill.heads.chunked`). Peak memory then grows with ``n·V``, not ``N·L·V``; the
     value and the gradients are those of the dense computation. ``Output.logits`` is then
     empty along the classes (``[N, L−1, 0]``).
 
@@ -173,22 +172,17 @@ class KD(Distiller):
             found = self.teacher(batch)
             stored = isinstance(found, TopK)
             teacher = tuple(x[mask] for x in found) if stored else (found[mask],)
-        head = output_layer(self.student)
 
-        def chunk(h: torch.Tensor, y: torch.Tensor, *t: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            logits = head(h)
+        def losses(logits: torch.Tensor, y: torch.Tensor, *t: torch.Tensor) -> tuple[Any, ...]:
             t_chunk: Any = self.teacher.head(t[0]) if live else TopK(*t) if stored else t[0]
-            soft = self.soft_loss(logits, t_chunk, None) * h.shape[0]
+            soft = self.soft_loss(logits, t_chunk, None) * logits.shape[0]
             return soft, F.cross_entropy(logits.float(), y, reduction="sum")
 
-        soft = ce = rows.sum().float() * 0.0  # stays in the graph with no labelled position
-        for start in range(0, rows.shape[0], self.chunk_tokens):
-            part = slice(start, start + self.chunk_tokens)
-            s, c = checkpoint(
-                chunk, rows[part], targets[part], *(x[part] for x in teacher),
-                use_reentrant=False, preserve_rng_state=False,
-            )
-            soft, ce = soft + s, ce + c
+        if rows.shape[0]:
+            head = output_layer(self.student)
+            soft, ce = chunked(head, rows, self.chunk_tokens, losses, targets, *teacher)
+        else:  # no labelled position: zero, in the graph
+            soft = ce = rows.sum().float() * 0.0
         count = mask.sum().clamp_min(1)
         parts = {"ce": (1 - self.alpha) * ce / count, "kd": self.alpha * soft / count}
         loss = parts["ce"] + parts["kd"]
