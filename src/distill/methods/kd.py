@@ -147,7 +147,10 @@ class KD(Distiller):
             return self.chunked_forward(batch)
         teacher_logits = self.teacher(batch)
         logits = self.task.logits(self.student, batch)
-        soft = self.soft_loss(logits, teacher_logits, self.task.positions(batch))
+        mask = self.task.positions(batch)
+        if mask is not None and bool(mask.all()):
+            mask = None  # the same mean, without masking [N, L, V] tensors
+        soft = self.soft_loss(logits, teacher_logits, mask)
         ce = self.task.supervised_loss(logits, batch)
         parts = {"ce": (1 - self.alpha) * ce, "kd": self.alpha * soft}
         loss = parts["ce"] + parts["kd"]
