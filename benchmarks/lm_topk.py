@@ -6,15 +6,17 @@ tokenizer, the models and budget of ``distill demo --task lm``, read from
 
 1. the teacher, trained once (seed 0) and loaded by every run, as in ``benchmarks/lm.py``;
 2. a store per k in {1, 8, 64, V} (V = the vocabulary, 259 bytes and specials), built by
-   ``distill cache build``'s code from the KD stage (the demo's temperature and loss);
-3. one run: the student alone, KD with the live teacher (the demo's stage, its teacher-output
-   cache being exact up to float16), and KD from each store (``teacher_logits``), every
-   student from the same initial weights and batches.
+   ``distill cache build``'s code from the KD stage (the demo's temperature, α and loss);
+3. one run per row, each a one-stage recipe training the model ``student`` — alone, by KD
+   from the live teacher (no cache), or by KD from one store (``teacher_logits``) — so that
+   every row starts from the same initial weights and sees the same batches: the rows differ
+   in the teacher's signal only, and k = V differs from the live teacher by the float16
+   rounding of the stored log-probabilities alone.
 
 The table (validation and test perplexity, mean ± std over seeds, and bytes per token of each
 store) goes between the ``lm-topk`` markers of ``docs/teacher-store.md``.
 
-    python benchmarks/lm_topk.py               # 1 seed (about 25 minutes on 2 cores)
+    python benchmarks/lm_topk.py               # 1 seed (about 1.5 hours on 2 busy cores)
     python benchmarks/lm_topk.py --seeds 3
     python benchmarks/lm_topk.py --quick       # smoke run: a small budget, writes only under
                                                # runs/lm-topk-quick/
@@ -45,26 +47,23 @@ DOCS = ROOT / "docs" / "teacher-store.md"
 BEGIN, END = "<!-- lm-topk:begin -->", "<!-- lm-topk:end -->"
 
 
-def seed_recipe(base: dict[str, Any], seed: int, teacher: Path, stores: dict[int, Path]) -> dict:
-    """The student alone, KD from the live teacher and KD from each store, for one seed."""
+def row_recipe(base: dict[str, Any], seed: int, teacher: Path, store: Path | None | str) -> dict:
+    """A one-stage recipe training ``student``: alone (``store="alone"``), by KD from the live
+    teacher (``None``) or from a store (its path)."""
     recipe = copy.deepcopy(base)
     recipe["seed"] = seed
-    student = recipe["models"]["student"]
     recipe["models"] = {
         "teacher": {**recipe["models"]["teacher"], "checkpoint": str(teacher)},
-        "student": student,
-        "student_kd": copy.deepcopy(student),
+        "student": recipe["models"]["student"],
     }
     kd = next(s for s in recipe["stages"] if s["method"] == "kd")
-    recipe["stages"] = [
-        {"method": "train", "model": "student"},
-        {**kd, "student": "student_kd"},
-    ]
-    online = {k: v for k, v in kd.items() if not k.startswith("cache")}
-    for k, path in stores.items():
-        name = f"student_k{k}"
-        recipe["models"][name] = copy.deepcopy(student)
-        recipe["stages"].append({**online, "student": name, "teacher_logits": str(path)})
+    stage = {k: v for k, v in kd.items() if not k.startswith("cache")}  # live: no cache
+    stage["student"] = "student"
+    if store == "alone":
+        stage = {"method": "train", "model": "student"}
+    elif store is not None:
+        stage["teacher_logits"] = str(store)
+    recipe["stages"] = [stage]
     return recipe
 
 
@@ -80,26 +79,31 @@ def main(argv: list[str] | None = None) -> int:
     teacher = run(teacher_recipe(base), out / "teacher")
     teacher_file = out / "teacher" / "checkpoints" / "teacher.pt"
     print(f"teacher: test perplexity {teacher['models']['teacher']['test_perplexity']:.3f}")
-    vocab = None
     results, sizes = [], {}
     for seed in range(args.seeds):
         # The stores depend on the seed: it draws the data's splits.
-        probe = parse_recipe(seed_recipe(base, seed, teacher_file, {}))
+        live = parse_recipe(row_recipe(base, seed, teacher_file, None))
         stores: dict[int, Path] = {}
-        for k in (1, 8, 64, "V"):
-            if k == "V":
-                vocab = vocab or TeacherStore(stores[1]).classes
-                k = vocab
-            path = out / f"seed-{seed}" / "stores" / f"k{k}"
-            build_store(probe, "student_kd", path, topk=k, log=lambda _m: None)
+        for k in (1, 8, 64, None):
+            path = out / f"seed-{seed}" / "stores" / f"k{k or 'V'}"
+            if k is None:  # the whole vocabulary
+                k = TeacherStore(stores[1]).classes
+            build_store(live, "student", path, topk=k, log=lambda _m: None)
             stores[k] = path
             store = TeacherStore(path)
             sizes[k] = store.nbytes / store.positions
-            print(f"seed {seed}: {store.describe()}")
-        summary = run(seed_recipe(base, seed, teacher_file, stores), out / f"seed-{seed}" / "run")
+            print(f"seed {seed}: {store.describe()}", flush=True)
+        rows: dict[str, Any] = {"alone": "alone", "live": None, **stores}
+        summary = {}
+        for name, store_or_mode in rows.items():
+            found = run(
+                row_recipe(base, seed, teacher_file, store_or_mode),
+                out / f"seed-{seed}" / f"student-{name}",
+            )
+            summary[name] = found["models"]["student"]
+            print(f"seed {seed}, {name}: validation perplexity "
+                  f"{summary[name]['val_perplexity']:.3f}", flush=True)
         results.append(summary)
-        shown = {n: round(m["val_perplexity"], 3) for n, m in summary["models"].items()}
-        print(f"seed {seed}: validation perplexity {shown}")
     section = markdown(results, base, sizes, teacher, time.perf_counter() - started)
     print(section)
     if not args.quick:
@@ -112,21 +116,24 @@ def markdown(
     results: list[dict[str, Any]], base: dict[str, Any], sizes: dict[int, float],
     teacher: dict[str, Any], wall: float,
 ) -> str:
-    rows = [("student alone", "student", None), ("KD, live teacher", "student_kd", None)]
-    rows += [(f"KD from the store, k = {k}", f"student_k{k}", k) for k in sizes]
+    rows: list[tuple[str, Any, int | None]] = [
+        ("student alone", "alone", None), ("KD, live teacher", "live", None)
+    ]
+    rows += [(f"KD from the store, k = {k}", k, k) for k in sizes]
     vocab = max(sizes)
     lines = [
         BEGIN,
         f"Perplexity (bytes) of the student, mean ± std over {len(results)} seed(s); lower "
-        "is better. Bytes per token: the store's files over its tokens; dense float16 logits "
-        f"take {2 * vocab} bytes per token at this vocabulary ({vocab} ids).",
+        "is better. Every row trains the same initial student on the same batches. Bytes per "
+        f"token: the store's files over its tokens (dense float16 logits: {2 * vocab} bytes "
+        f"per token at this vocabulary of {vocab} ids).",
         "",
         "| student trained by | bytes / token | validation perplexity | test perplexity |",
         "|---|---|---|---|",
     ]
     for label, name, k in rows:
-        val = mean_std([r["models"][name]["val_perplexity"] for r in results])
-        test = mean_std([r["models"][name]["test_perplexity"] for r in results])
+        val = mean_std([r[name]["val_perplexity"] for r in results])
+        test = mean_std([r[name]["test_perplexity"] for r in results])
         size = "" if k is None else f"{sizes[k]:.0f}"
         lines.append(
             f"| {label} | {size} | {val[0]:.3f} ± {val[1]:.3f} | {test[0]:.3f} ± {test[1]:.3f} |"
@@ -144,8 +151,8 @@ def markdown(
         f"{data['subset']} training blocks of {data['seq_len']} bytes; KD with T = "
         f"{kd['temperature']:g}, α = {kd['alpha']:g}, "
         f"{'forward KL' if 'loss' not in kd else kd['loss']['kind']}.",
-        "- The live-teacher row uses the demo's teacher-output cache (float16 logits, exact "
-        "up to rounding). The stores keep float16 log-probabilities; k = V keeps every id.",
+        "- The live teacher runs at every step (no cache). The stores keep float16 "
+        "log-probabilities; k = V keeps every id.",
         f"- Machine: {machine()}; wall time {wall / 60:.1f} min.",
         "",
         "Regenerate: `python benchmarks/lm_topk.py` (`--seeds 3` for more seeds).",
