@@ -35,6 +35,7 @@ import argparse
 import json
 import math
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -985,6 +986,14 @@ def main(argv: list[str] | None = None) -> int:
         help="do not write docs/ and the README (--quick never does; every run writes "
         "accuracy.md and accuracy.png under --out)",
     )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="seeds trained at once, each in its own process (default 1); on a GPU the small "
+        "models leave room for several",
+    )
+    p.add_argument("--only-seed", type=int, help=argparse.SUPPRESS)  # one seed (a --jobs child)
     args = p.parse_args(argv)
     if args.data == "cifar100":
         return cifar_main(args)
@@ -1025,6 +1034,12 @@ def main(argv: list[str] | None = None) -> int:
         )
     train_teacher(f"large teacher ({b['large_teacher']})", b["large_teacher"])
 
+    if args.only_seed is not None:  # a child of --jobs: train one seed, write nothing else
+        recipe, _ = build_recipe(args.only_seed, b, hp, out, args.data_dir)
+        run(recipe, out / f"seed-{args.only_seed}")
+        return 0
+    if args.jobs > 1:  # every seed in its own process; the loop below reads them back
+        parallel_seeds(argv if argv is not None else sys.argv[1:], b["seeds"], args.jobs)
     summaries: list[dict[str, Any]] = []
     rows: list[Row] = []
     for seed in range(b["seeds"]):
@@ -1063,6 +1078,24 @@ def main(argv: list[str] | None = None) -> int:
             )
         print(f"wrote {DOCS.relative_to(ROOT)}, docs/{plot_name} and the README's results")
     return 0
+
+
+def parallel_seeds(argv: list[str], seeds: int, jobs: int) -> None:
+    """Train seeds ``0..seeds-1`` in up to ``jobs`` processes at once, each this script with
+    ``--only-seed K`` (the teachers are already trained: each child reads them back)."""
+    waiting = list(range(seeds))
+    running: dict[int, subprocess.Popen] = {}
+    while waiting or running:
+        while waiting and len(running) < jobs:
+            seed = waiting.pop(0)
+            command = [sys.executable, __file__, *argv, "--only-seed", str(seed)]
+            running[seed] = subprocess.Popen(command)
+        time.sleep(1)
+        for seed, proc in list(running.items()):
+            if proc.poll() is not None:
+                del running[seed]
+                if proc.returncode != 0:
+                    raise SystemExit(f"accuracy.py: seed {seed} failed (exit {proc.returncode})")
 
 
 def cli(argv: list[str] | None = None) -> int:

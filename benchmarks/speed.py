@@ -134,10 +134,12 @@ def main() -> None:
             ),
             config=TrainConfig(epochs=1, compile=True),
         )
+    torchdistill_version = None
     try:
-        import torchdistill  # noqa: F401
+        import torchdistill  # type: ignore[import-not-found]
 
-        rows["torchdistill KD loop"] = torchdistill_row(teacher, student, train, args)
+        rows["torchdistill DistillationBox KD"] = torchdistill_row(teacher, student, train, args)
+        torchdistill_version = torchdistill.__version__
     except ImportError:
         pass
 
@@ -151,6 +153,7 @@ def main() -> None:
     med = {k: statistics.median(s for s, _ in v) for k, v in samples.items()}
     peaks = {k: max((p for _, p in v if p is not None), default=None) for k, v in samples.items()}
     alone = med["student alone"]
+    td = "torchdistill DistillationBox KD"
     floor = alone + med["teacher forward only"]
 
     fsp_rows = fsp_table(device, args.repeats)
@@ -159,7 +162,9 @@ def main() -> None:
     label = device_label(device)
     lines = [
         BEGIN,
-        f"Measured on {label}, torch {torch.__version__}; teacher `{args.teacher}` "
+        f"Measured on {label}, torch {torch.__version__}"
+        + (f", torchdistill {torchdistill_version}" if torchdistill_version else "")
+        + f"; teacher `{args.teacher}` "
         f"({count_parameters(teacher):,} params), student `{args.student}` "
         f"({count_parameters(student):,} params), Fashion-MNIST, {len(train):,} images per "
         f"epoch, batch {args.batch_size}; median of {args.repeats} alternating repetitions.",
@@ -172,6 +177,14 @@ def main() -> None:
             f"| {name} | {med[name]:.3f} | {med[name] / alone:.2f} | {med[name] / floor:.2f} "
             f"| {mib(peaks[name])} |"
         )
+    if torchdistill_version:
+        ours, cached = med["online KD"] / med[td], med["cached KD, warm epoch"] / med[td]
+        lines += [
+            "",
+            f"Against torchdistill's DistillationBox: our online KD {ours:.2f}× its epoch "
+            f"(target ≤ 1.0×: {'met' if ours <= 1.0 else 'missed'}), our warm cached KD "
+            f"{cached:.2f}× (target ≤ 0.4×: {'met' if cached <= 0.4 else 'missed'}).",
+        ]
     lines += [
         "",
         "`fsp_matrix` (one batched matrix product) against the broadcast formulation that "
@@ -188,7 +201,15 @@ def main() -> None:
         *dml_rows,
         "",
         "Regenerate: `python benchmarks/speed.py --markdown docs/benchmarks.md`"
-        + (" --compile" if args.compile else ""),
+        + (" --compile" if args.compile else "")
+        + (
+            " in an environment where torchdistill installs (it needs torchvision: "
+            "`python -m venv /tmp/td-venv && /tmp/td-venv/bin/pip install torch==2.14.1 "
+            "torchvision==0.29.1 torchdistill==1.1.5 && /tmp/td-venv/bin/pip install -e .`, "
+            "then `/tmp/td-venv/bin/python benchmarks/speed.py ...`)."
+            if torchdistill_version
+            else ""
+        ),
         END,
     ]
     table = "\n".join(lines)
@@ -198,24 +219,86 @@ def main() -> None:
 
 
 def torchdistill_row(teacher, student, train, args) -> Callable[[], float]:  # noqa: ANN001
-    """torchdistill's KD loss module in a plain loop on the same models and data."""
-    from torchdistill.losses.mid_level import KDLoss  # type: ignore[import-not-found]
+    """torchdistill's own machinery, one epoch per call: a ``DistillationBox`` built by
+    ``get_distillation_box`` from its training config (the equivalent of its sample KD
+    YAML), with forward hooks on both models' last layers feeding its io dicts, its data
+    loader (``BaseDatasetWrapper``, random sampler), its ``KDLoss`` inside a
+    ``WeightedSumLoss`` and its SGD; driven as its example scripts drive it
+    (``pre_epoch_process``, ``forward_process``, ``post_forward_process``). Same teacher (a
+    copy), same student architecture and initial weights, data and batch size as our rows;
+    T = 4, α = 0.9 (torchdistill's ``alpha`` weighs the CE term: 0.1)."""
+    import copy
 
-    criterion = KDLoss(
-        student_module_path="student", teacher_module_path="teacher", temperature=4.0, alpha=0.9
+    from torch.utils.data import RandomSampler
+    from torchdistill.core.distillation import get_distillation_box  # type: ignore[import-not-found]
+
+    def last_layer(model: torch.nn.Module) -> str:
+        return [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)][-1]
+
+    t_model, s_model = copy.deepcopy(teacher), copy.deepcopy(student)
+    t_name, s_name = last_layer(t_model), last_layer(s_model)
+    config = {
+        "num_epochs": 1,
+        "train_data_loader": {
+            "dataset_id": "train",
+            "sampler": {"class_or_func": RandomSampler, "kwargs": {}},
+            "kwargs": {"batch_size": args.batch_size, "num_workers": 0, "drop_last": False},
+            "requires_supp": True,
+        },
+        "teacher": {
+            "forward_proc": "forward_batch_only",
+            "sequential": [],
+            "forward_hook": {"input": [], "output": [t_name]},
+            "requires_grad": False,
+        },
+        "student": {
+            "forward_proc": "forward_batch_only",
+            "adaptations": None,
+            "sequential": [],
+            "forward_hook": {"input": [], "output": [s_name]},
+            "requires_grad": True,
+            "frozen_modules": [],
+        },
+        "optimizer": {
+            "key": "SGD",
+            "kwargs": {"lr": 0.05, "momentum": 0.9, "weight_decay": 5.0e-4},
+        },
+        "criterion": {
+            "key": "WeightedSumLoss",
+            "kwargs": {
+                "sub_terms": {
+                    "kd": {
+                        "criterion": {
+                            "key": "KDLoss",
+                            "kwargs": {
+                                "student_module_path": s_name,
+                                "student_module_io": "output",
+                                "teacher_module_path": t_name,
+                                "teacher_module_io": "output",
+                                "temperature": 4.0,
+                                "alpha": 0.1,
+                                "reduction": "batchmean",
+                            },
+                        },
+                        "weight": 1.0,
+                    }
+                }
+            },
+        },
+    }
+    device = torch.device(args.device)
+    box = get_distillation_box(
+        t_model, s_model, {"train": train}, config, device, [], False, 1.0
     )
 
     def run() -> float:
-        optimizer = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9)
         started = time.perf_counter()
-        for x, y in DataLoader(train, batch_size=args.batch_size, shuffle=True):
-            with torch.no_grad():
-                t = teacher(x)
-            s = student(x)
-            loss = criterion({"student": {"output": s}, "teacher": {"output": t}}, y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+        box.pre_epoch_process(epoch=0)
+        for sample_batch, targets, supp_dict in box.train_data_loader:
+            sample_batch, targets = sample_batch.to(device), targets.to(device)
+            loss = box.forward_process(sample_batch, targets, supp_dict)
+            box.post_forward_process(loss=loss)
+        box.post_epoch_process()
         return time.perf_counter() - started
 
     return run

@@ -156,6 +156,40 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_cache_build(args: argparse.Namespace) -> int:
+    from .cache.build import build_store
+    from .recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, overrides=args.set or [])
+    if args.data_dir:
+        recipe.data.dir = args.data_dir
+    manifest = build_store(
+        recipe,
+        args.stage,
+        args.out,
+        topk=args.topk,
+        top_p=args.top_p,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
+    from .training import get_accelerator
+
+    if get_accelerator(args.device).is_main_process:
+        from .cache.offline import TeacherStore
+
+        store = TeacherStore(args.out)
+        dense = 2 * store.classes
+        per = store.nbytes / max(1, store.positions)
+        print(store.describe())
+        print(
+            f"{per:.0f} bytes/position against {dense:,} for dense float16 logits "
+            f"({100 * per / dense:.2f}%); read it with teacher_logits: {args.out} in stage "
+            f"{manifest['stage']!r}"
+        )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="distill",
@@ -251,6 +285,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     export.set_defaults(func=_cmd_export)
+
+    cache = sub.add_parser("cache", help="offline teacher outputs: distill cache build ...")
+    cache_sub = cache.add_subparsers(dest="cache_command", required=True, metavar="COMMAND")
+    build = cache_sub.add_parser(
+        "build",
+        help="run a kd stage's teacher once over its training data and write its top-k "
+        "log-probabilities per token to a store (read with teacher_logits: PATH); under "
+        "torchrun each process writes a shard; an interrupted build resumes",
+    )
+    build.add_argument("recipe", help="path to the recipe (YAML)")
+    build.add_argument("--stage", required=True, help="the kd stage whose teacher to store")
+    build.add_argument("--out", required=True, help="the store's directory")
+    build.add_argument("--topk", type=int, default=64, help="ids kept per token (64)")
+    build.add_argument(
+        "--top-p", type=float, default=None, metavar="P",
+        help="keep only the fewest ids whose probability reaches P (at most --topk)",
+    )
+    build.add_argument(
+        "--dtype", default="float16", help="log-probabilities in float16 (default) or bfloat16"
+    )
+    build.add_argument(
+        "--batch-size", type=int, default=None, help="items per teacher batch (default: the "
+        "recipe's eval batch size)"
+    )
+    build.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a recipe field (as run)"
+    )
+    build.add_argument("--data-dir", help="directory holding the dataset files")
+    build.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    build.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    build.set_defaults(func=_cmd_cache_build)
     return parser
 
 
@@ -400,6 +465,8 @@ def _resume_command(args: argparse.Namespace) -> str:
             f"distill demo --task {args.task}{data} --methods {args.methods} --out {out}{sets} "
             "--resume"
         )
+    if args.command == "cache":
+        return "the same distill cache build command (a build resumes by itself)"
     return "the same command with --resume"
 
 

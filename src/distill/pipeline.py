@@ -47,7 +47,7 @@ from .cache import (
     transform_description,
 )
 from .data import DataBundle, load
-from .data.batches import as_item
+from .data.batches import as_item, to_device
 from .errors import CheckpointError, ConfigError, DataError, DistillError
 from .files import atomic_save, atomic_write_json, atomic_write_text, safe_load
 from .methods import Phase, StageContext, TeacherFields
@@ -516,6 +516,8 @@ class Pipeline:
         settings: its precision, and, with ``cache: teacher``, an output cache under
         ``cache/<stage>/<phase>/`` (the phase then trains on the cache's views of the data)."""
         precision = settings.teacher_precision if settings is not None else "fp32"
+        if getattr(settings, "teacher_logits", None) is not None:
+            return self._store_teacher(name, settings, temperature, bundle)
         renorm = self._renormalizer(name, bundle)
         teacher = Teacher(self.models[name], self.task, precision, renormalize=renorm)
         cache_settings = settings.cache_settings() if settings is not None else None
@@ -537,7 +539,8 @@ class Pipeline:
         }
         fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
         collate = bundle.collate or default_collate
-        probe = teacher.compute(collate([views[0]]))  # one sample's outputs: their shape
+        device = next(iter(teacher.module.parameters()), torch.empty(0)).device
+        probe = teacher.compute(to_device(collate([views[0]]), device))  # the outputs' shape
         teacher.calls = 0
         teacher.store = TeacherCache(
             len(views) * views.views,
@@ -563,15 +566,56 @@ class Pipeline:
         try:
             ViewDataset(bundle.train, settings.views, seed=self.recipe.seed)
             for name in spec.uses():
-                model = self.models[name]
-                was_training = model.training
-                model.eval()
-                with torch.no_grad():
-                    classes = self.task.logits(model, ctx.sample_batch).shape[-1]
-                model.train(was_training)
+                classes = ctx.sample_logits(name).shape[-1]
                 check_cache_settings(settings, classes)
         except ConfigError as exc:
             raise ConfigError(f"stages.{index}: {exc}") from None
+
+    def store_identity(
+        self, name: str, settings: TeacherFields | None, temperature: float, bundle: DataBundle
+    ) -> dict[str, Any]:
+        """What an offline teacher store for model ``name`` with a stage's settings depends on
+        (see :func:`distill.cache.offline.store_identity`); ``distill cache build`` records
+        it, a stage reading the store compares it."""
+        from .cache.offline import store_identity
+
+        renorm = self._renormalizer(name, bundle)
+        return store_identity(
+            task=self.task,
+            teacher=self.models[name],
+            precision=settings.teacher_precision if settings is not None else "fp32",
+            train=bundle.train,
+            tokenizer=getattr(bundle, "tokenizer", None),
+            temperature=temperature,
+            standardize=bool(getattr(settings, "standardize", False)),
+            renormalize=renorm.describe() if renorm is not None else None,
+        )
+
+    def _store_teacher(
+        self, name: str, settings: TeacherFields, temperature: float, bundle: DataBundle
+    ) -> Teacher:
+        """A teacher that answers from the stage's offline store (``teacher_logits``) and has
+        no model: the store is refused, in one line naming what differs, unless it was built
+        by this teacher on this data and tokenizer at this temperature. Before the run, a
+        teacher that an earlier stage will train is not compared yet (it is when its phase
+        starts)."""
+        from .cache.offline import TeacherStore
+
+        path = settings.teacher_logits  # type: ignore[attr-defined]
+        store = TeacherStore(path)
+        identity = self.store_identity(name, settings, temperature, bundle)
+        spec = self.recipe.models[name]
+        if self._phase is None and not (spec.checkpoint or spec.weights):
+            identity["teacher"] = store.manifest.get("identity", {}).get("teacher")
+        stage = self._phase[0] if self._phase else settings.stage_name()  # type: ignore[attr-defined]
+        store.check(
+            identity,
+            where=f"stage {stage!r} teacher_logits",
+            rebuild=f"distill cache build {self.recipe.source} --stage {stage} --out {path}",
+        )
+        if self._phase is not None:
+            self.log(f"[{stage}] {self._phase[1]}: {store.describe()}")
+        return Teacher(None, self.task, settings.teacher_precision, store=store)
 
     def _renormalizer(self, name: str, bundle: DataBundle) -> Renormalize | None:
         """What takes the data's normalisation to the one model ``name`` expects (its

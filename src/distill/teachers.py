@@ -9,6 +9,10 @@ pass, or a store of outputs computed earlier — is the teacher's business::
 
     teacher = Teacher(model, "classification", precision="bf16")
     logits = teacher(batch)          # [N, C] float32, no graph
+
+A teacher built on an offline store (``Teacher(None, task, store=TeacherStore(path))``) has no
+model at all: ``teacher(batch)`` is the store's top-k for the batch, and an item the store
+lacks is an error.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ import torch
 from torch import nn
 
 from .data.batches import batch_device
+from .errors import DataError
+from .heads import check_output_layer, hidden_states, output_layer
+from .losses.sparse import TopK
 from .precision import DTYPES, autocast
 from .taps import Taps
 from .tasks import Task, get_task
@@ -30,14 +37,26 @@ class OutputStore(Protocol):
 
     def lookup(
         self, batch: Mapping[str, Any], compute: Callable[[Mapping[str, Any]], torch.Tensor]
-    ) -> torch.Tensor:
+    ) -> torch.Tensor | TopK:
         """The outputs for ``batch``: stored ones, and ``compute(sub_batch)`` for the samples
-        not stored yet (which are then stored)."""
+        not stored yet (which are then stored); an offline store answers every sample itself
+        (as a :class:`~distill.losses.sparse.TopK`) and never calls ``compute``."""
         ...
 
     def flush(self) -> None:
         """Make what is stored durable (a no-op in memory)."""
         ...
+
+
+class NoModel(nn.Module):
+    """The model of a teacher that answers from an offline store only: running it is an
+    error."""
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        raise DataError(
+            "this teacher has no model: it answers from its offline store (teacher_logits) "
+            "only, and the store does not hold what was asked for"
+        )
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -51,7 +70,8 @@ class Teacher(nn.Module):
     """A frozen model that teaches.
 
     Args:
-        module: the trained model (frozen in place: eval mode, ``requires_grad=False``).
+        module: the trained model (frozen in place: eval mode, ``requires_grad=False``), or
+            ``None`` for a teacher that answers from an offline ``store`` only.
         task: the task (a :class:`~distill.tasks.Task` or its name), which says how the model
             is called on a batch and where its logits are.
         precision: ``fp32`` (the surrounding autocast, if any, applies), or ``bf16``/``fp16``
@@ -74,7 +94,7 @@ class Teacher(nn.Module):
 
     def __init__(
         self,
-        module: nn.Module,
+        module: nn.Module | None,
         task: str | Task = "classification",
         precision: str = "fp32",
         store: OutputStore | None = None,
@@ -87,24 +107,33 @@ class Teacher(nn.Module):
             raise ValueError(
                 f"teacher precision must be one of {', '.join(DTYPES)}; got {precision!r}"
             )
-        self.module = freeze(module)
+        if module is None and store is None:
+            raise TypeError("a Teacher needs a module, or a store that answers for it")
+        self.module = freeze(module if module is not None else NoModel())
         self.task = get_task(task)
         self.precision = precision
         self.store = store
         self.renormalize = renormalize
         self.calls = 0
         self.in_step: Callable[[bool], bool] | None = None
+        self._head_checked = False
 
     def train(self, mode: bool = True) -> Teacher:
         """A teacher stays in eval mode whatever ``mode`` is asked for."""
         return super().train(False)
 
-    def forward(self, batch: Mapping[str, Any]) -> torch.Tensor:
+    @property
+    def has_model(self) -> bool:
+        """Whether a model stands behind the teacher (not for one built on a store only)."""
+        return not isinstance(self.module, NoModel)
+
+    def forward(self, batch: Mapping[str, Any]) -> torch.Tensor | TopK:
         """The teacher's logits on ``batch`` (float32, no graph), as the task defines them:
-        ``[N, C]`` for classification, ``[N, L−1, V]`` for a causal LM."""
+        ``[N, C]`` for classification, ``[N, L−1, V]`` for a causal LM; from an offline
+        store, its :class:`~distill.losses.sparse.TopK` over those positions."""
         if self.store is None:
             return self.compute(batch)
-        if self.in_step is None:
+        if self.in_step is None or not self.has_model:
             return self.store.lookup(batch, self.compute)
         agree, ran = self.in_step, False
 
@@ -137,6 +166,26 @@ class Teacher(nn.Module):
         self.calls += 1
         with autocast(batch_device(batch), self.precision), Taps(self.module, layers) as taps:
             return taps.run_until_captured(*args, **kwargs)
+
+    @torch.no_grad()
+    def hidden(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """The model's last hidden states at the task's logits positions (``[N, L−1, H]``),
+        without running its output layer (see :mod:`distill.heads`); :meth:`head` maps them to
+        logits. Checked once against the model's own logits."""
+        batch = self._inputs(batch)
+        if not self._head_checked:
+            check_output_layer(self.module, self.task, batch)
+            self._head_checked = True
+        self.calls += 1
+        with autocast(batch_device(batch), self.precision):
+            return hidden_states(self.module, self.task, batch)
+
+    @torch.no_grad()
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The logits (float32, no graph) of hidden states from :meth:`hidden`, e.g. of a chunk
+        of its positions ``[T, H] -> [T, V]``."""
+        with autocast(hidden.device, self.precision):
+            return output_layer(self.module)(hidden).float()
 
     def _inputs(self, batch: Mapping[str, Any]) -> Mapping[str, Any]:
         """``batch`` with its images re-normalised for the model (itself when no need)."""

@@ -226,7 +226,27 @@ class StageContext:
         if self.make_teacher is not None:
             return self.make_teacher(name, settings, temperature)
         precision = settings.teacher_precision if settings is not None else "fp32"
+        path = getattr(settings, "teacher_logits", None)
+        if path is not None:
+            from ..cache.offline import TeacherStore
+
+            return Teacher(None, self.task, precision, store=TeacherStore(path))
         return Teacher(self.models[name], self.task, precision)
+
+    def sample_logits(self, name: str) -> torch.Tensor:
+        """Model ``name``'s logits on :attr:`sample_batch` (moved to the model's device), in
+        eval mode and without a graph; the model's mode is restored."""
+        model = self.models[name]
+        device = next(iter(model.parameters()), torch.empty(0)).device
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v
+                 for k, v in self.sample_batch.items()}
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                return self.task.logits(model, batch)
+        finally:
+            model.train(was_training)
 
 
 @dataclass
@@ -295,6 +315,17 @@ class TeacherFields(Strict):
         )
 
 
+class TeacherLogitsFields(Strict):
+    """``teacher_logits: PATH``: read the teacher's outputs from an offline store (top-k
+    log-probabilities per token, written by ``distill cache build RECIPE --stage NAME --out
+    PATH``; see :mod:`distill.cache.offline`) instead of running the teacher. The stage's
+    teacher then never runs; the store must have been built by that teacher, with the recipe's
+    tokenizer and training data, at the stage's temperature (a mismatch is refused, naming
+    which)."""
+
+    teacher_logits: str | None = None
+
+
 class StageSpec(Strict):
     """Fields common to every stage of a recipe.
 
@@ -340,6 +371,8 @@ class StageSpec(Strict):
     def summary_fields(self) -> dict[str, Any]:
         """Method settings worth showing in ``summary.json`` (e.g. temperature, alpha)."""
         skip = {"method", "name", "train"} | set(StageSpec.model_fields)
+        if self.model_dump().get("teacher_logits", "") is None:
+            skip |= {"teacher_logits"}
         if self.model_dump().get("cache", "none") == "none":
             skip |= set(TeacherFields.model_fields) - {"teacher_precision"}
         return {k: v for k, v in self.model_dump().items() if k not in skip}
@@ -458,14 +491,7 @@ def check_same_outputs(
     """
     shapes: dict[str, tuple[int, ...]] = {}
     for name in names:
-        model = ctx.models[name]
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                shape = tuple(ctx.task.logits(model, ctx.sample_batch).shape)
-        finally:
-            model.train(was_training)
+        shape = tuple(ctx.sample_logits(name).shape)
         shapes[name] = shape[:-1] if shared_vocab else shape
     if len(set(shapes.values())) > 1:
         listed = ", ".join(f"{name} {list(shape)}" for name, shape in shapes.items())

@@ -114,7 +114,8 @@ class Task:
         weight of the batch in a mean over an optimizer step."""
         mask = self.positions(batch)
         if mask is None:
-            return torch.tensor(self.targets(batch).numel())
+            targets = self.targets(batch)
+            return torch.tensor(targets.numel(), device=targets.device)
         return mask.sum()
 
     def check_batch(self, batch: Batch) -> None:

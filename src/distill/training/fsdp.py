@@ -351,9 +351,9 @@ def for_inference(model: nn.Module, accelerator: Accelerator, config: TrainConfi
     models (:attr:`TrainConfig.shards <distill.config.TrainConfig.shards>`; after such a phase
     they are whole on the CPU) and there are several processes, a sharded copy (every process
     must then run the same number of forwards; ``model`` keeps its weights), else ``model``
-    itself."""
+    itself, moved to that device (a model loaded for the report may still be on the CPU)."""
     if not config.shards or accelerator.num_processes == 1:
-        return model
+        return model.to(accelerator.device)
     policy = mixed_precision("fp32", trained=False)
     return shard_copy(
         model, device_mesh(accelerator), blocks=config.fsdp_blocks, mp_policy=policy,

@@ -37,11 +37,11 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from .checks import check_temperature
-from .data.batches import as_item, batch_device, select
-from .errors import ConfigError
-from .files import atomic_write_json
-from .seeding import derive_seed
+from ..checks import check_temperature
+from ..data.batches import as_item, batch_device, select
+from ..errors import ConfigError
+from ..files import atomic_write_json
+from ..seeding import derive_seed
 
 CACHE_FORMAT = 1
 
