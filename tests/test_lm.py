@@ -208,3 +208,37 @@ def test_the_shipped_lm_recipe_is_the_demo() -> None:
         exclude={"tokenizer"}
     )
     assert shipped.data.tokenizer == "byte"
+
+
+def test_the_teacher_cache_serves_completions_of_every_length(tmp_path: Path) -> None:
+    """jsonl completions differ in length, so batches pad to different widths: cached KD
+    (the teacher run once per item, read back cut or padded to each batch) trains exactly as
+    KD with the teacher run at every step."""
+    rows = [
+        {"prompt": f"def f{i}(x):", "completion": " return x" + " + 1" * (i % 9)}
+        for i in range(48)
+    ]
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    base = {
+        "seed": 0,
+        "task": "causal_lm",
+        "data": {"name": "jsonl", "files": [str(data)], "seq_len": 64, "batch_size": 8},
+        "models": {
+            "teacher": {"arch": "hf:", "config": llama(16)},
+            "student_kd": {"arch": "hf:", "config": llama(16)},
+        },
+        "train": {"epochs": 2, "optimizer": {"name": "adamw", "lr": 3.0e-3}},
+        "stages": [
+            {"method": "train", "model": "teacher"},
+            {"method": "kd", "teacher": "teacher", "student": "student_kd",
+             "temperature": 1.0, "alpha": 0.5},
+        ],
+    }
+    found = {}
+    for cache in ("none", "teacher"):
+        recipe = copy.deepcopy(base)
+        recipe["stages"][1] |= {"cache": cache, "cache_dtype": "float32"}
+        summary = Pipeline(parse_recipe(recipe), tmp_path / cache, progress=False).run()
+        found[cache] = summary["models"]["student_kd"]["val_loss"]
+    assert found["teacher"] == pytest.approx(found["none"], abs=1e-5)

@@ -542,14 +542,21 @@ class Pipeline:
         device = next(iter(teacher.module.parameters()), torch.empty(0)).device
         probe = teacher.compute(to_device(collate([views[0]]), device))  # the outputs' shape
         teacher.calls = 0
+        shape, positions = tuple(probe.shape[1:]), None
+        seq_len = getattr(bundle, "seq_len", None)
+        if len(shape) > 1 and seq_len:  # token outputs: batches pad to their longest item
+            shape = (seq_len - 1, *shape[1:])
+            task = self.task
+            positions = lambda batch: tuple(task.targets(batch).shape[1:])  # noqa: E731
         teacher.store = TeacherCache(
             len(views) * views.views,
-            tuple(probe.shape[1:]),
+            shape,
             fingerprint[:16],
             cache_settings,
             directory=self.folder.path("cache", stage_name, phase_name),
             temperature=temperature,
             log=self.log,
+            positions=positions,
         )
         self._phase_teachers.append(teacher)
         self._phase_data = views

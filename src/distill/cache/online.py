@@ -39,7 +39,7 @@ from torch.utils.data import Dataset
 
 from ..checks import check_temperature
 from ..data.batches import as_item, batch_device, select
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..files import atomic_write_json
 from ..seeding import derive_seed
 
@@ -206,6 +206,12 @@ class TeacherCache:
         directory: where the disk cache lives (required for ``store="disk"``).
         temperature: the temperature that top-k storage keeps the log-partition at.
         log: where messages go.
+        positions: for outputs along positions whose number varies between batches (a
+            causal LM's ``[N, L−1, V]`` when sequences are padded to each batch's longest):
+            a function giving a batch's positions shape (e.g. ``(L−1,)``); ``shape`` is then
+            the largest, and each item is stored in its first positions and read back cut or
+            zero-padded to the batch's (positions past an item's end are padding, which no
+            loss reads).
     """
 
     def __init__(
@@ -218,8 +224,10 @@ class TeacherCache:
         directory: str | Path | None = None,
         temperature: float = 1.0,
         log: Callable[[str], None] = print,
+        positions: Callable[[Mapping[str, Any]], tuple[int, ...]] | None = None,
     ) -> None:
         self.shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        self.positions = positions
         classes = self.shape[-1]
         check_cache_settings(settings, classes)
         self.size = size
@@ -362,30 +370,49 @@ class TeacherCache:
         """Store teacher outputs ``[B, *shape]`` for ``keys`` ``[B]``."""
         idx = keys.cpu().numpy()
         logits = logits.detach().float().cpu()
+        at = self._at(idx, logits.shape[1:-1])
         if self.settings.topk:
             top = logits.topk(self.settings.topk, dim=-1)
-            self.arrays["values"][idx] = top.values.numpy().astype(self.arrays["values"].dtype)
-            self.arrays["indices"][idx] = top.indices.numpy().astype(np.int32)
+            self.arrays["values"][at] = top.values.numpy().astype(self.arrays["values"].dtype)
+            self.arrays["indices"][at] = top.indices.numpy().astype(np.int32)
             lse = torch.logsumexp(logits / self.temperature, dim=-1)
-            self.arrays["lse"][idx] = lse.numpy()
+            self.arrays["lse"][at] = lse.numpy()
         else:
-            self.arrays["values"][idx] = logits.numpy().astype(self.arrays["values"].dtype)
+            self.arrays["values"][at] = logits.numpy().astype(self.arrays["values"].dtype)
         self.arrays["filled"][idx] = True
 
-    def get(self, keys: torch.Tensor, device: torch.device) -> torch.Tensor:
-        """Stored outputs ``[B, *shape]`` for ``keys`` (all must be filled), as float32.
+    def _at(self, idx: np.ndarray, positions: tuple[int, ...]) -> Any:
+        """The index of items ``idx`` in the arrays, cut to ``positions`` (a batch's; at most
+        the stored ones) when they vary between batches."""
+        if tuple(positions) == self.shape[:-1]:
+            return idx
+        if len(positions) != len(self.shape) - 1 or any(
+            p > q for p, q in zip(positions, self.shape[:-1], strict=True)
+        ):
+            raise DataError(
+                f"teacher cache: a batch has outputs over positions {tuple(positions)}, more "
+                f"than the {self.shape[:-1]} the cache was sized for"
+            )
+        return (idx, *(slice(0, p) for p in positions))
+
+    def get(
+        self, keys: torch.Tensor, device: torch.device, positions: tuple[int, ...] | None = None
+    ) -> torch.Tensor:
+        """Stored outputs ``[B, *shape]`` for ``keys`` (all must be filled), as float32; with
+        ``positions``, ``[B, *positions, C]``, cut to a batch's positions.
 
         With top-k storage, the returned tensor is ``T · log p`` where ``p`` keeps the top-k
         probabilities at temperature ``T`` and spreads the remaining mass uniformly, so that
         ``softmax(returned / T) = p``.
         """
         idx = keys.cpu().numpy()
-        values = torch.from_numpy(np.asarray(self.arrays["values"][idx]).astype(np.float32))
+        at = idx if positions is None else self._at(idx, positions)
+        values = torch.from_numpy(np.asarray(self.arrays["values"][at]).astype(np.float32))
         if not self.settings.topk:
             return values.to(device)
         T = self.temperature
-        indices = torch.from_numpy(np.asarray(self.arrays["indices"][idx]).astype(np.int64))
-        lse = torch.from_numpy(np.asarray(self.arrays["lse"][idx]))
+        indices = torch.from_numpy(np.asarray(self.arrays["indices"][at]).astype(np.int64))
+        lse = torch.from_numpy(np.asarray(self.arrays["lse"][at]))
         log_top = values / T - lse[..., None]
         rest = (1.0 - log_top.exp().sum(dim=-1)).clamp_min(1e-12)
         others = self.num_classes - self.settings.topk
@@ -406,7 +433,8 @@ class TeacherCache:
         if n_missing:
             fresh = compute(select(batch, missing))
             self.put(keys[missing.to(keys.device)], fresh)
-        return self.get(keys, batch_device(batch))
+        positions = self.positions(batch) if self.positions is not None else None
+        return self.get(keys, batch_device(batch), positions)
 
 
 def estimate_bytes(size: int, shape: int | tuple[int, ...], settings: CacheSettings) -> int:
