@@ -412,6 +412,19 @@ CASES: dict[str, tuple[Any, list[str], list[str]]] = {
         [],
         ["stages.2", "cache_topk", "between 1 and 9", "got 10"],
     ),
+    "standardize on an FSP stage that fine-tunes on cross-entropy": (
+        add_stage(
+            {
+                "method": "fsp",
+                "teacher": "teacher",
+                "student": "student",
+                "pairs": [{"student": ["stem", "stages.0"], "teacher": ["stem", "stages.0"]}],
+                "standardize": True,
+            }
+        ),
+        [],
+        ["stages.3", "standardize", "finetune: ce", "set finetune: kd"],
+    ),
     "diverging first stage": (
         setter("stages.0.optimizer", {"lr": 1.0e6}),
         [],

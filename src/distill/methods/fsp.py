@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from ..adapters import build_adapter
@@ -242,6 +242,15 @@ class FSPStage(FeaturePhaseSpec):
     fsp: dict[str, Any] = Field(default_factory=dict)
 
     _fsp_fits = field_validator("fsp")(check_overrides)
+
+    @model_validator(mode="after")
+    def _standardize_needs_kd(self) -> FSPStage:
+        if self.standardize and self.finetune == "ce":
+            raise ValueError(
+                "standardize: true applies to a KD phase, but finetune: ce trains phase 2 on "
+                "cross-entropy alone; set finetune: kd or drop standardize"
+            )
+        return self
 
     # As in the paper: 3 epochs on the FSP matrices of the first two sections (16×16 and 16×32
     # channels in both demo models), at a small learning rate (the loss sums C1·C2 squared
