@@ -501,13 +501,260 @@ def final_fit(run_dir: Path, names: list[str]) -> dict[str, tuple[float, float]]
     return fit
 
 
+# Loss parts that are not a distillation term.
+NOT_TERMS = ("ce", "loss", "gen_seconds")
+# How a distillation loss part is named in a sentence.
+TERM_NAMES = {
+    "kd": "soft term",
+    "at": "attention term",
+    "crd_s": "contrastive terms",
+    "crd_t": "contrastive terms",
+    "distance": "distance and angle terms",
+    "angle": "distance and angle terms",
+    "pkt": "PKT term",
+    "fsp": "FSP loss",
+    "hint": "hint loss",
+    "tckd": "DKD terms",
+    "nckd": "DKD terms",
+    "inter": "DIST terms",
+    "intra": "DIST terms",
+}
+# How a phase is named in a sentence.
+PHASE_NAMES = {"fsp": "FSP", "hint": "hint", "ce": "cross-entropy"}
+# Methods on one student whose loss trains the student's outputs on the teacher's soft
+# predictions, and those that match features and leave the outputs to the labels.
+SOFT_LABELS = {
+    "student_kd": "KD",
+    "student_fitnets": "FitNets' second stage",
+    "student_dkd": "DKD",
+    "student_dist": "DIST",
+    "student_takd": "TAKD",
+}
+FEATURES_ONLY = {
+    "student_fsp": "FSP",
+    "student_at": "AT",
+    "student_crd": "CRD",
+    "student_rkd": "RKD",
+    "student_pkt": "PKT",
+}
+
+
+def read_curves(run_dirs: list[Path]) -> dict[str, dict[str, Any]]:
+    """Every model's training curves in the runs ``run_dirs`` (one per seed), per epoch the
+    mean over the runs that trained it, from each run's ``metrics.jsonl``.
+
+    Per model: ``phases``, its phases in order, each ``{"phase", "parts", "val_loss",
+    "val_accuracy"}`` with one entry per epoch (``parts``: the logged, weighted loss parts);
+    ``stage``: the settings of the stage that trained it, defaults filled in (from the run's
+    ``recipe.yaml``; empty without one); ``ce_weight``: the weight of the ``ce`` part of its
+    last phase (1 - alpha in a KD phase, else 1); ``runs``: how many runs were averaged.
+    """
+    import yaml
+
+    per_run: list[dict[str, dict[str, Any]]] = []
+    for run_dir in run_dirs:
+        path = run_dir / "metrics.jsonl"
+        if not path.is_file():
+            continue
+        stages: dict[str, dict[str, Any]] = {}
+        if (run_dir / "recipe.yaml").is_file():
+            parsed = parse_recipe(yaml.safe_load((run_dir / "recipe.yaml").read_text()))
+            stages = {
+                n: s.model_dump() for n, s in zip(parsed.stage_names(), parsed.stages, strict=True)
+            }
+        models: dict[str, dict[str, Any]] = {}
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            name = record.get("model")
+            if not name:
+                continue
+            model = models.setdefault(
+                name, {"phases": {}, "stage": stages.get(record.get("stage"), {})}
+            )
+            model["phases"].setdefault(record["phase"], []).append(record)
+        per_run.append(models)
+    curves: dict[str, dict[str, Any]] = {}
+    for name in dict.fromkeys(n for models in per_run for n in models):
+        runs = [models[name] for models in per_run if name in models]
+        phases = []
+        for phase in runs[0]["phases"]:
+            records = [r["phases"][phase] for r in runs if phase in r["phases"]]
+            epochs = min(len(r) for r in records)
+            parts = [
+                {
+                    k: statistics.fmean(r[e]["train"].get(k, 0.0) for r in records)
+                    for k in records[0][e]["train"]
+                }
+                for e in range(epochs)
+            ]
+            phases.append(
+                {
+                    "phase": phase,
+                    "parts": parts,
+                    **{
+                        key: [mean_of([r[e].get(key) for r in records]) for e in range(epochs)]
+                        for key in ("val_loss", "val_accuracy")
+                    },
+                }
+            )
+        stage = runs[0]["stage"]
+        kd_phase = "kd" in phases[-1]["parts"][-1] and stage.get("alpha") is not None
+        curves[name] = {
+            "phases": phases,
+            "stage": stage,
+            "ce_weight": 1.0 - stage["alpha"] if kd_phase else 1.0,
+            "runs": len(runs),
+        }
+    return curves
+
+
+def mean_of(values: list[float | None]) -> float:
+    """The mean of the values that are there (NaN if none is)."""
+    present = [v for v in values if v is not None]
+    return statistics.fmean(present) if present else math.nan
+
+
+def terms(parts: dict[str, float]) -> float:
+    """The distillation terms of one epoch's loss parts, summed."""
+    return sum(v for k, v in parts.items() if k not in NOT_TERMS)
+
+
+def num(x: float) -> str:
+    """A loss value with about three significant digits."""
+    return f"{x:.2f}" if abs(x) < 10 else f"{x:.1f}" if abs(x) < 100 else f"{x:.0f}"
+
+
+def times(ratio: float) -> str:
+    return f"{ratio:.0f}×" if ratio >= 10 else f"{ratio:.1f}×" if ratio >= 1 else f"{ratio:.2f}×"
+
+
+def trend(values: list[float]) -> str:
+    """How a term moved over a phase: ``down from A to B``, or where it turned back up."""
+    low = min(range(len(values)), key=values.__getitem__)
+    if values[-1] <= values[low]:
+        way = "down" if values[-1] <= values[0] else "up"
+        return f"{way} from {num(values[0])} to {num(values[-1])}"
+    return (
+        f"down from {num(values[0])} to {num(values[low])} at epoch {low + 1}, then back up to "
+        f"{num(values[-1])}"
+    )
+
+
+def why_not(r: dict[str, Any], kd: dict[str, Any], curves: dict[str, dict[str, Any]]) -> str | None:
+    """One sentence on why the method of row ``r`` does not help (or trails KD), read from
+    its student's curves against the student alone's (:func:`read_curves`): the size of its
+    distillation term against the CE term at the last epoch and how that term moved, and the
+    last epoch's training cross-entropy and validation loss. A cause the curves only suggest
+    says "likely"; where they show none, the sentence says so. ``None`` without curves for
+    both students."""
+    curve, alone = curves.get(r["name"]), curves.get("student")
+    if curve is None or alone is None:
+        return None
+    spread = abs(r["gain"]) <= (r["gain_std"] or 0.0)
+    gain = f"{fmt_gain(r)} points" + (", within the seeds' spread" if spread else "")
+    if r["gain"] < 1.0:
+        head = f"Why {r['label']} does not help here ({gain})"
+    else:
+        head = f"Why {r['label']} stays below KD here ({gain}; KD {fmt_gain(kd)})"
+    stage, last = curve["stage"], curve["phases"][-1]
+    epochs = len(last["parts"])
+    seeds = f"{curve['runs']} seed{'s' if curve['runs'] > 1 else ''}"
+    with_terms = [p for p in curve["phases"] if any(k not in NOT_TERMS for k in p["parts"][-1])]
+    if not with_terms:
+        return f"{head}: its curves hold no distillation term to read."
+    keys = [k for k in with_terms[-1]["parts"][-1] if k not in NOT_TERMS]
+    name = " and ".join(dict.fromkeys(TERM_NAMES.get(k, k) for k in keys))
+    plural = name.endswith("terms")
+    values = [terms(p) for p in with_terms[-1]["parts"]]
+    rose = values[-1] > min(values)  # the term turned back up before the end
+    if with_terms[-1] is last:
+        ratio = values[-1] / last["parts"][-1]["ce"]
+        facts = (
+            f"at the last epoch (mean of {seeds}) its {name} {'are' if plural else 'is'} "
+            f"{times(ratio)} the CE term"
+        )
+        kd_curve = curves.get("student_kd")
+        if stage.get("standardize") and kd_curve is not None:
+            kd_last = kd_curve["phases"][-1]["parts"][-1]
+            facts += f" (plain KD's: {times(terms(kd_last) / kd_last['ce'])})"
+        facts += f"; over {epochs} epochs {'they' if plural else 'it'} went {trend(values)}"
+    else:  # the distillation was an earlier phase (FSP: then cross-entropy alone)
+        first = with_terms[-1]["phase"]
+        facts = (
+            f"its {PHASE_NAMES.get(first, first)} phase ({len(values)} epochs, mean of {seeds}) "
+            f"took the {name} {trend(values)}"
+        )
+        if len(values) > 1 and values[-1] < values[-2]:
+            facts += f", still falling in its last epoch (from {num(values[-2])})"
+        facts += (
+            f"; the {epochs} epochs of {PHASE_NAMES.get(last['phase'], last['phase'])} that "
+            "follow start from those weights with no teacher term"
+        )
+    if curve["ce_weight"] <= 0 or any(
+        "ce" not in p for c in (curve, alone) for p in c["phases"][-1]["parts"]
+    ):
+        return f"{head}: {facts}; its last phase has no cross-entropy term to compare."
+    ces = [p["ce"] / curve["ce_weight"] for p in last["parts"]]
+    ce = ces[-1]
+    ce0 = alone["phases"][-1]["parts"][-1]["ce"] / alone["ce_weight"]
+    vl, vl0 = last["val_loss"][-1], alone["phases"][-1]["val_loss"][-1]
+    va, va0 = last["val_accuracy"][-1], alone["phases"][-1]["val_accuracy"][-1]
+    fit = (
+        f"the student's training cross-entropy ends at {ce:.2f} against {ce0:.2f} alone "
+        f"(validation loss {vl:.2f} against {vl0:.2f})"
+    )
+    said: list[str] = []
+    if stage.get("standardize") and ce > 1.5 * ce0:
+        # Z-scored logits: the soft term cannot raise the logits' scale; only CE can.
+        if len(ces) > 1:
+            fit += f", {ces[1]:.2f} at epoch 2"
+        fit += f", while its validation accuracy reaches {100 * va:.1f}% ({100 * va0:.1f}% alone)"
+        said.append(
+            "the z-scored soft term ignores the logits' scale, which only the CE term (weight "
+            f"{curve['ce_weight']:.2g}) sets, so the logits likely stay small, and a soft term "
+            "this small likely adds little; the paper pairs the z-score with T = 2 and a KD "
+            f"weight of 9 (here T = {stage['temperature']:g}, alpha = {stage['alpha']:g})"
+        )
+    elif ce > 1.1 * ce0:
+        said.append(f"the {'terms compete' if plural else 'term competes'} with the labels")
+        if ce0 > vl0:
+            said[-1] += (
+                f", which the {r['params']:,}-parameter student already underfits alone in "
+                f"{epochs} epochs"
+            )
+    elif ce < 0.9 * ce0:
+        said.append("it fits the labels better than alone")
+    else:
+        said.append("it fits the labels about as well as alone")
+    method = stage.get("method")
+    if method == "at" and ce > 1.1 * ce0:
+        said.append(
+            f"likely β = {stage['beta']:g}, RepDistiller's weight for CIFAR-100 ResNets, is "
+            "too heavy for this student"
+        )
+    if method == "crd" and rose and with_terms[-1] is last:
+        said.append(
+            f"the term has not settled: likely its memory of {stage['num_negatives']:,} "
+            f"negatives, each row refreshed once an epoch (momentum {stage['momentum']:g}), "
+            f"needs more than {epochs} epochs (the published runs: 240)"
+        )
+    if len(said) == 1 and said[0].startswith("it fits the labels about"):
+        said.append("the curves show no clear cause")
+    return f"{head}: {facts}; {fit}: {'; '.join(said)}."
+
+
 def findings(
-    table: list[dict[str, Any]], seeds: int, fit: dict[str, tuple[float, float]] | None = None
+    table: list[dict[str, Any]],
+    seeds: int,
+    fit: dict[str, tuple[float, float]] | None = None,
+    curves: dict[str, dict[str, Any]] | None = None,
 ) -> list[str]:
     """Sentences that read the measured table (so they stay true when it is regenerated).
 
     ``fit`` (from :func:`final_fit` on seed 0) adds the training-vs-validation loss of the
-    models trained alone to the DML sentence when DML members lose.
+    models trained alone to the DML sentence when DML members lose. ``curves`` (from
+    :func:`read_curves` over the seeds) adds, after each method on one student that gains
+    less than +1 point or less than KD, a sentence on why (:func:`why_not`).
     """
     kd, large_kd = by_name(table, "student_kd"), by_name(table, "student_large_kd")
     large_takd = by_name(table, "student_large_takd")
@@ -519,6 +766,8 @@ def findings(
     for name in (
         "student_fitnets",
         "student_fsp",
+        "student_at",
+        "student_kd_ls",
         "student_dkd",
         "student_dist",
         "student_crd",
@@ -530,6 +779,23 @@ def findings(
         lines.append(
             f"{r['label']}: {r['gain']:+.2f} points over the student alone, "
             f"{r['mean'] - kd['mean']:+.2f} against KD."
+        )
+        if curves and (r["gain"] < 1.0 or r["gain"] < kd["gain"]):
+            why = why_not(r, kd, curves)
+            if why:
+                lines.append(why)
+    soft = {n: by_name(table, n)["gain"] for n in SOFT_LABELS}
+    features = {n: by_name(table, n)["gain"] for n in FEATURES_ONLY}
+    if max(features.values()) < min(soft.values()):
+        lines.append(
+            "The methods on one student split in two: those whose loss trains the student's "
+            f"outputs on the teacher's soft predictions ({', '.join(SOFT_LABELS.values())}) gain "
+            f"{min(soft.values()):+.2f} to {max(soft.values()):+.2f} points; those that match "
+            f"features and leave the outputs to the labels ({', '.join(FEATURES_ONLY.values())}) "
+            f"{min(features.values()):+.2f} to {max(features.values()):+.2f} (KD + logit "
+            f"standardisation, soft predictions of z-scored logits: "
+            f"{by_name(table, 'student_kd_ls')['gain']:+.2f}). Here the teacher likely helps "
+            "through its predictions, not its features."
         )
     teachers = [r for r in table if r["group"] == "teacher"]
     if len(teachers) == 2:
@@ -604,6 +870,7 @@ def markdown(
     sizes: dict[str, int],
     device: str = "cpu",
     fit: dict[str, tuple[float, float]] | None = None,
+    curves: dict[str, dict[str, Any]] | None = None,
 ) -> str:
     begin, end, plot_name, _ = TARGETS[device]
     command = "python benchmarks/accuracy.py" + "".join(f" {a}" for a in sys.argv[1:])
@@ -662,7 +929,7 @@ def markdown(
         "**What this run shows.**",
         "",
     ]
-    lines += [f"- {text}" for text in findings(table, b["seeds"], fit)]
+    lines += [f"- {text}" for text in findings(table, b["seeds"], fit, curves)]
     lines += ["", "**What the published results lead one to expect.**", ""]
     lines += [f"- {text}" for text in EXPECTATIONS.values()]
     lines += ["", f"![accuracy per method]({plot_name})", end]
@@ -1053,12 +1320,13 @@ def main(argv: list[str] | None = None) -> int:
         std = "" if r["std"] is None else f" ± {r['std']:4.2f}"
         print(f"{r['label']:<48} {r['mean']:6.2f}{std:8}  {fmt_gain(r):>14}  {r['seconds']:6.0f}s")
     fit = final_fit(out / "seed-0", ["student", "peer_alone"])
-    for line in findings(table, b["seeds"], fit):
+    curves = read_curves([out / f"seed-{seed}" for seed in range(b["seeds"])])
+    for line in findings(table, b["seeds"], fit, curves):
         print("-", line)
     print(f"total {wall:.0f} s")
     device = device_type()
     begin, end, plot_name, heading = TARGETS[device]
-    section = markdown(table, b, args, hp, hp_note, wall, summaries[0]["data"], device, fit)
+    section = markdown(table, b, args, hp, hp_note, wall, summaries[0]["data"], device, fit, curves)
     title = (
         f"Fashion-MNIST test accuracy ({device}), {b['seeds']} seed(s), {b['subset']} images, "
         f"{b['epochs']} epochs" + (" — QUICK SMOKE RUN" if args.quick else "")

@@ -8,6 +8,7 @@ its own section and nothing else.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -170,3 +171,191 @@ def test_a_budget_of_zero_seeds_is_refused(capsys: pytest.CaptureFixture[str]) -
         accuracy.cli(["--quick", "--seeds", "0", "--no-docs"])
     assert exc.value.code == 2
     assert "--seeds must be at least 1; got 0" in capsys.readouterr().err
+
+
+def write_curves(
+    run_dir: Path, records: list[tuple[str, str, str, list[dict[str, float]]]]
+) -> None:
+    """A ``metrics.jsonl`` of ``(stage, phase, model, epochs)`` runs, each epoch the loss parts
+    plus ``val_loss`` and ``val_accuracy``."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for stage, phase, model, epochs in records:
+        for i, epoch in enumerate(epochs, 1):
+            parts = {k: v for k, v in epoch.items() if not k.startswith("val_")}
+            lines.append(
+                {
+                    "stage": stage,
+                    "phase": phase,
+                    "method": "x",
+                    "epoch": i,
+                    "model": model,
+                    "train": {**parts, "loss": sum(parts.values())},
+                    "val_accuracy": epoch["val_accuracy"],
+                    "val_loss": epoch["val_loss"],
+                }
+            )
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+
+def why_table(tmp_path: Path, acc: dict[str, float]) -> list[dict[str, Any]]:
+    """The table of two seeds where every cnn-2 student scores 80% but those in ``acc``
+    (the same per-seed differences: gains with no spread)."""
+    b = accuracy.budget(namespace())
+    _, rows = accuracy.build_recipe(0, b, {"temperature": 4.0, "alpha": 0.9}, tmp_path, None)
+    names = [r[1] for r in rows]
+    seeds = [
+        summary({n: 0.80 + d for n in names} | {k: v + d for k, v in acc.items()})
+        for d in (0, 0.01)
+    ]
+    teachers = {}
+    for arch in ("resnet20", "resnet56"):
+        teachers[f"teacher ({arch})"] = summary({"teacher": 0.9})
+        teachers[f"teacher ({arch})"]["models"]["teacher"]["arch"] = arch
+    return accuracy.aggregate(seeds, rows, teachers)
+
+
+def test_why_sentences_read_the_curves_of_the_methods_that_do_not_help(tmp_path: Path) -> None:
+    # AT loses 3 points, PKT gains 1.5 (below KD's 2), DIST wins 5.
+    table = why_table(
+        tmp_path,
+        {"student_kd": 0.82, "student_at": 0.77, "student_pkt": 0.815, "student_dist": 0.85},
+    )
+    b = accuracy.budget(namespace())
+    recipe, _ = accuracy.build_recipe(0, b, {"temperature": 4.0, "alpha": 0.9}, tmp_path, None)
+    alone = [
+        {"ce": 1.2, "val_loss": 1.0, "val_accuracy": 0.6},
+        {"ce": 0.6, "val_loss": 0.55, "val_accuracy": 0.8},
+    ]
+    at = [  # two seeds: the sentence must give their means
+        [
+            {"ce": 1.3, "at": 0.9, "val_loss": 1.1, "val_accuracy": 0.5},
+            {"ce": 0.9, "at": 0.45, "val_loss": 0.8, "val_accuracy": 0.7},
+        ],
+        [
+            {"ce": 1.3, "at": 0.7, "val_loss": 1.1, "val_accuracy": 0.5},
+            {"ce": 1.1, "at": 0.55, "val_loss": 1.0, "val_accuracy": 0.7},
+        ],
+    ]
+    dist = [
+        {"ce": 1.0, "inter": 2.0, "intra": 2.0, "val_loss": 0.9, "val_accuracy": 0.7},
+        {"ce": 0.5, "inter": 1.0, "intra": 1.0, "val_loss": 0.5, "val_accuracy": 0.85},
+    ]
+    for seed in (0, 1):
+        run_dir = tmp_path / f"seed-{seed}"
+        write_curves(
+            run_dir,
+            [
+                ("student", "train", "student", alone),
+                ("student_at", "at", "student_at", at[seed]),
+                ("student_dist", "dist", "student_dist", dist),
+                ("student_pkt", "pkt", "student_pkt", [{**e, "pkt": e["ce"]} for e in alone]),
+            ],
+        )
+        (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    curves = accuracy.read_curves([tmp_path / "seed-0", tmp_path / "seed-1"])
+    assert curves["student_at"]["runs"] == 2 and curves["student_at"]["stage"]["beta"] == 1000
+    lines = accuracy.findings(table, 2, None, curves)
+    why, pkt = [line for line in lines if line.startswith("Why ")]
+    assert why.startswith("Why AT does not help here (-3.00 ± 0.00 points): ")
+    assert "its attention term is 0.50× the CE term" in why  # 0.5 / 1.0, means of the seeds
+    assert "went down from 0.80 to 0.50" in why
+    assert "training cross-entropy ends at 1.00 against 0.60 alone" in why
+    assert "(validation loss 0.90 against 0.55)" in why
+    assert "the term competes with the labels, which the 10-parameter student" in why
+    assert "likely β = 1000" in why
+    assert lines.index(why) == lines.index(next(x for x in lines if x.startswith("AT: "))) + 1
+    assert pkt.startswith("Why PKT stays below KD here (+1.50 ± 0.00 points; KD +2.00 ± 0.00)")
+    assert "it fits the labels about as well as alone; the curves show no clear cause." in pkt
+    assert not any("Why DIST" in line for line in lines)
+    assert not any(line.startswith("The methods on one student split") for line in lines)
+    assert not any(line.startswith("Why ") for line in accuracy.findings(table, 2))
+    page = accuracy.markdown(
+        table,
+        b,
+        namespace(),
+        {"temperature": 4.0, "alpha": 0.9},
+        "x",
+        1.0,
+        {"train": 9000, "val": 1000, "test": 10000},
+        curves=curves,
+    )
+    assert f"- {why}" in page
+
+
+def test_why_sentences_for_an_earlier_phase_and_standardised_logits(tmp_path: Path) -> None:
+    table = why_table(tmp_path, {"student_kd": 0.82, "student_fsp": 0.795, "student_kd_ls": 0.80})
+    b = accuracy.budget(namespace())
+    recipe, _ = accuracy.build_recipe(0, b, {"temperature": 4.0, "alpha": 0.9}, tmp_path, None)
+    run_dir = tmp_path / "seed-0"
+    write_curves(
+        run_dir,
+        [
+            ("student", "train", "student", [{"ce": 0.6, "val_loss": 0.5, "val_accuracy": 0.8}]),
+            (
+                "student_kd",
+                "kd",
+                "student_kd",
+                [{"ce": 0.05, "kd": 2.5, "val_loss": 0.5, "val_accuracy": 0.82}],
+            ),
+            (
+                "student_fsp",
+                "fsp",
+                "student_fsp",
+                [
+                    {"fsp": 300.0, "val_loss": 2.3, "val_accuracy": 0.1},
+                    {"fsp": 150.0, "val_loss": 2.3, "val_accuracy": 0.1},
+                    {"fsp": 100.0, "val_loss": 2.3, "val_accuracy": 0.1},
+                ],
+            ),
+            (
+                "student_fsp",
+                "ce",
+                "student_fsp",
+                [{"ce": 0.62, "val_loss": 0.52, "val_accuracy": 0.79}],
+            ),
+            (
+                "student_kd_ls",
+                "kd",
+                "student_kd_ls",
+                [
+                    {"ce": 0.2, "kd": 0.4, "val_loss": 1.8, "val_accuracy": 0.7},
+                    {"ce": 0.19, "kd": 0.2, "val_loss": 1.8, "val_accuracy": 0.75},
+                    {"ce": 0.18, "kd": 0.1, "val_loss": 1.75, "val_accuracy": 0.78},
+                ],
+            ),
+        ],
+    )
+    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    curves = accuracy.read_curves([run_dir])
+    assert curves["student_kd_ls"]["ce_weight"] == pytest.approx(0.1)  # 1 - alpha
+    lines = accuracy.findings(table, 2, None, curves)
+    fsp = next(line for line in lines if line.startswith("Why FSP"))
+    assert "(-0.50 ± 0.00 points)" in fsp
+    assert "its FSP phase (3 epochs, mean of 1 seed) took the FSP loss down from 300 to 100" in fsp
+    assert "still falling in its last epoch (from 150)" in fsp
+    assert "training cross-entropy ends at 0.62 against 0.60 alone" in fsp
+    assert "about as well as alone; the curves show no clear cause." in fsp
+    ls = next(line for line in lines if line.startswith("Why KD + logit"))
+    assert "(+0.00 ± 0.00 points, within the seeds' spread)" in ls
+    assert "its soft term is 0.56× the CE term (plain KD's: 50×)" in ls  # 0.1 / 0.18, 2.5 / 0.05
+    assert (
+        "ends at 1.80 against 0.60 alone (validation loss 1.75 against 0.50), 1.90 at epoch 2" in ls
+    )
+    assert "validation accuracy reaches 78.0% (80.0% alone)" in ls
+    assert "went down from 0.40 to 0.10" in ls
+    assert "here T = 4, alpha = 0.9" in ls
+
+
+def test_the_split_between_soft_label_and_feature_methods_is_said_when_the_table_shows_it(
+    tmp_path: Path,
+) -> None:
+    soft = {"student_kd": 0.82, "student_fitnets": 0.83, "student_dkd": 0.825}
+    soft |= {"student_dist": 0.85, "student_takd": 0.83}
+    features = {"student_fsp": 0.79, "student_at": 0.77, "student_crd": 0.785}
+    features |= {"student_rkd": 0.80, "student_pkt": 0.805}
+    table = why_table(tmp_path, soft | features | {"student_kd_ls": 0.795})
+    (split,) = [x for x in accuracy.findings(table, 2) if x.startswith("The methods on one")]
+    assert "(KD, FitNets' second stage, DKD, DIST, TAKD) gain +2.00 to +5.00 points" in split
+    assert "(FSP, AT, CRD, RKD, PKT) -3.00 to +0.50" in split
+    assert "z-scored logits: -0.50)" in split
