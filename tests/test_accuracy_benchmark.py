@@ -356,6 +356,6 @@ def test_the_split_between_soft_label_and_feature_methods_is_said_when_the_table
     features |= {"student_rkd": 0.80, "student_pkt": 0.805}
     table = why_table(tmp_path, soft | features | {"student_kd_ls": 0.795})
     (split,) = [x for x in accuracy.findings(table, 2) if x.startswith("The methods on one")]
-    assert "(KD, FitNets' second stage, DKD, DIST, TAKD) gain +2.00 to +5.00 points" in split
+    assert "(KD, FitNets' second phase, DKD, DIST, TAKD) gain +2.00 to +5.00 points" in split
     assert "(FSP, AT, CRD, RKD, PKT) -3.00 to +0.50" in split
     assert "z-scored logits: -0.50)" in split

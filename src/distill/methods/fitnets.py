@@ -1,4 +1,4 @@
-"""FitNets: hints for thin deep nets (Romero et al. 2014), as the paper's two stages, run here
+"""FitNets: hints for thin deep nets (Romero et al. 2014), as the paper's two steps, run here
 as two phases.
 
 Phase 1 (*hints*): the student's layers up to its *guided* layer, plus a regressor ``r``,
