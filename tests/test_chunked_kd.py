@@ -289,3 +289,37 @@ def test_two_processes_train_chunked_as_one_with_the_global_batch(tmp_path: Path
     one, two = (r.get("state_dict", r) for r in (runs[1], runs[2]))
     for name, value in one.items():
         assert torch.allclose(value, two[name], atol=1e-4), name
+
+
+def test_a_sharded_live_teacher_is_refused_with_chunk_tokens(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A sharded teacher's output layer cannot run chunk by chunk outside its forward: one
+    line before anything trains, naming the placement and the ways out."""
+    from distill.cli import main
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text(Path(json.__file__).read_text()[:2000])
+    config = {k: v for k, v in llama(16).items() if k != "vocab_size"}
+    recipe = {
+        "seed": 0,
+        "task": "causal_lm",
+        "data": {"name": "text", "files": [str(corpus)], "seq_len": 24, "batch_size": 8,
+                 "split_by": "block"},
+        "models": {"teacher": {"arch": "hf:", "config": config},
+                   "student": {"arch": "hf:", "config": {**config, "hidden_size": 8}}},
+        "train": {"epochs": 1, "strategy": "fsdp"},
+        "stages": [{"method": "train", "model": "teacher"},
+                   {"method": "kd", "teacher": "teacher", "student": "student",
+                    "temperature": 2.0, "alpha": 0.5, "chunk_tokens": 50}],
+    }
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    out = tmp_path / "run"
+    assert main(["run", str(path), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "chunk_tokens" in err and "teacher_placement: shard" in err
+    assert "teacher_placement: replicate" in err and "teacher_logits" in err
+    assert not (out / "checkpoints").exists() or not any((out / "checkpoints").iterdir())

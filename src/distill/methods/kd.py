@@ -265,6 +265,14 @@ class KDStage(
         if self.teacher_logits is None:
             check_same_outputs(ctx, where, [self.teacher, self.student], self.vocab == "shared")
             self.check_on_policy(ctx, where, self.teacher, self.student, self.vocab)
+            if self.chunk_tokens is not None and self.train.placement != "replicate":
+                raise ConfigError(
+                    f"{where}: chunk_tokens with a live teacher runs the teacher's output "
+                    "layer chunk by chunk, outside its forward, which a sharded teacher "
+                    f"cannot do (teacher_placement: {self.train.placement}); set "
+                    "train.teacher_placement: replicate, or read the teacher from a store "
+                    "(teacher_logits)"
+                )
             return
         store = ctx.teacher(self.teacher, self, self.temperature).store  # checks the store
         classes = ctx.sample_logits(self.student).shape[-1]
