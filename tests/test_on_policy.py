@@ -395,3 +395,25 @@ def test_on_policy_on_an_image_task_is_a_one_line_error(
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
     assert "stage 'student_kd' (kd): on_policy: generation needs task causal_lm" in err, err
+
+
+@pytest.mark.parametrize("seq_kd", [False, True])
+def test_chunked_on_policy_kd_equals_dense(monkeypatch: pytest.MonkeyPatch, seq_kd: bool) -> None:
+    """With chunk_tokens, the generated sequences are scored by the live teacher chunk by
+    chunk: the same parts and gradients as the dense loss (no CE on the student's own
+    samples, CE on the teacher's with seq_kd)."""
+    hand_made(monkeypatch)
+    found = []
+    for chunk in (None, 3):
+        teacher, student = pair(2)
+        on_policy = OnPolicy(byte_tokenizer(), fraction=1.0, prompt_tokens=PROMPT, seq_kd=seq_kd)
+        method = KD(teacher, student, 1.0, 0.5, loss="jsd", task="causal_lm",
+                    on_policy=on_policy, chunk_tokens=chunk)
+        out = method(BATCH)
+        out.loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in student.parameters()])
+        found.append((out.parts["ce"], out.parts["kd"], grads))
+    (ce, kd, grads), (ce_c, kd_c, grads_c) = found
+    assert (ce == 0) != seq_kd and torch.allclose(ce, ce_c, atol=1e-6)
+    assert torch.allclose(kd, kd_c, atol=1e-6)
+    assert torch.allclose(grads, grads_c, atol=1e-5)
