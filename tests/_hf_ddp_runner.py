@@ -47,6 +47,11 @@ def main(out: str) -> None:
     wrapped = type(trainer.model_wrapped).__name__
     if trainer.accelerator.is_main_process:
         torch.save({"grads": grab.grads, "wrapped": wrapped}, os.path.join(out, "grads.pt"))
+    # Leave together, with the process group torn down: a process that exits while gloo's
+    # threads still run is aborted ("terminate called without an active exception").
+    trainer.accelerator.wait_for_everyone()
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
