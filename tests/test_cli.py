@@ -131,3 +131,23 @@ def test_models_command(capsys: pytest.CaptureFixture) -> None:
     assert main(["models"]) == 0
     printed = capsys.readouterr().out
     assert "resnet20" in printed and "cnn-2" in printed
+
+
+def test_demo_methods_offers_every_method_and_runs_the_new_ones(tmp_path: Path) -> None:
+    """`distill demo --methods` knows every vision method, and a demo with the newer ones
+    (DKD, DIST, RKD, PKT, CRD, AT) runs end to end on a tiny budget."""
+    from distill.demo import demo_methods
+
+    offered = set(demo_methods())
+    assert {"kd", "fitnets", "fsp", "takd", "dml", "at", "dkd", "dist", "crd", "rkd",
+            "pkt"} <= offered
+    methods = "dkd,dist,rkd,pkt,crd,at"
+    out = tmp_path / "demo"
+    code = main(["demo", "--methods", methods, "--out", str(out), "--quiet",
+                 "--set", "train.epochs=1", "--set", "data.subset=256",
+                 "--set", "stages.0.epochs=1"])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    for method in methods.split(","):
+        entry = summary["models"][f"student_{method}"]
+        assert entry["trained_by"] == f"student_{method}" and 0.0 < entry["val_accuracy"] <= 1.0
