@@ -24,6 +24,7 @@ The folder's rules (which folders a run may use, its lock, where it may write) a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -542,12 +543,12 @@ class Pipeline:
         device = next(iter(teacher.module.parameters()), torch.empty(0)).device
         probe = teacher.compute(to_device(collate([views[0]]), device))  # the outputs' shape
         teacher.calls = 0
-        shape, positions = tuple(probe.shape[1:]), None
+        shape: tuple[int, ...] = tuple(probe.shape[1:])
+        positions: Callable[[Any], tuple[int, ...]] | None = None
         seq_len = getattr(bundle, "seq_len", None)
         if len(shape) > 1 and seq_len:  # token outputs: batches pad to their longest item
             shape = (seq_len - 1, *shape[1:])
-            task = self.task
-            positions = lambda batch: tuple(task.targets(batch).shape[1:])  # noqa: E731
+            positions = functools.partial(positions_shape, self.task)
         teacher.store = TeacherCache(
             len(views) * views.views,
             shape,
@@ -797,3 +798,9 @@ def remove_run(out_dir: str | os.PathLike) -> None:
     """Delete a run directory; a folder that holds files but no run is refused (left as is)."""
     RunFolder(out_dir).check_usable()
     shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def positions_shape(task: Any, batch: Any) -> tuple[int, ...]:
+    """The positions a batch's outputs run over (``(L−1,)`` for a causal LM), from ``task``'s
+    targets."""
+    return tuple(task.targets(batch).shape[1:])
