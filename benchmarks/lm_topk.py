@@ -124,19 +124,26 @@ def markdown(
     lines = [
         BEGIN,
         f"Perplexity (bytes) of the student, mean ± std over {len(results)} seed(s); lower "
-        "is better. Every row trains the same initial student on the same batches. Bytes per "
+        "is better. Every row trains the same initial student on the same batches, so the "
+        "last column pairs each row with the live teacher's row of the same seed (the seeds "
+        "draw different data splits, which move every row together). Bytes per "
         f"token: the store's files over its tokens (dense float16 logits: {2 * vocab} bytes "
         f"per token at this vocabulary of {vocab} ids).",
         "",
-        "| student trained by | bytes / token | validation perplexity | test perplexity |",
-        "|---|---|---|---|",
+        "| student trained by | bytes / token | validation perplexity | test perplexity "
+        "| validation − live teacher's, per seed |",
+        "|---|---|---|---|---|",
     ]
     for label, name, k in rows:
         val = mean_std([r[name]["val_perplexity"] for r in results])
         test = mean_std([r[name]["test_perplexity"] for r in results])
         size = "" if k is None else f"{sizes[k]:.0f}"
+        paired = "" if name == "live" else "{:+.3f} ± {:.3f}".format(*mean_std(
+            [r[name]["val_perplexity"] - r["live"]["val_perplexity"] for r in results]
+        ))
         lines.append(
-            f"| {label} | {size} | {val[0]:.3f} ± {val[1]:.3f} | {test[0]:.3f} ± {test[1]:.3f} |"
+            f"| {label} | {size} | {val[0]:.3f} ± {val[1]:.3f} | {test[0]:.3f} ± {test[1]:.3f} "
+            f"| {paired} |"
         )
     kd = next(s for s in base["stages"] if s["method"] == "kd")
     data = base["data"]

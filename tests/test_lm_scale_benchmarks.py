@@ -41,8 +41,10 @@ def test_the_top_k_table_reads_each_row_over_seeds() -> None:
     ]
     teacher = {"models": {"teacher": {"test_perplexity": 6.0}}}
     text = lm_topk.markdown(results, base, {8: 54.0}, teacher, wall=60.0)
-    assert "| KD from the store, k = 8 | 54 | 7.400 ± 0.707 | 6.900 ± 0.707 |" in text
-    assert "| student alone |  | 7.500 ± 0.707 | 7.000 ± 0.707 |" in text
+    k8 = "| KD from the store, k = 8 | 54 | 7.400 ± 0.707 | 6.900 ± 0.707 | +0.100 ± 0.000 |"
+    assert k8 in text
+    assert "| student alone |  | 7.500 ± 0.707 | 7.000 ± 0.707 | +0.200 ± 0.000 |" in text
+    assert "| KD, live teacher |  | 7.300 ± 0.707 | 6.800 ± 0.707 |  |" in text
     assert "dense float16 logits: 16 bytes per token" in text  # 2 bytes × the largest k
 
 
