@@ -12,12 +12,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..checks import check_distinct_modules
 from ..config import Strict
 from ..errors import ConfigError
 from ..taps import Taps, probe
 from ..tasks import Batch, Task
-from ..teachers import Teacher, as_teacher
+from ..teachers import Teacher
 from ._features import check_layer
 from .base import Distiller
 
@@ -62,10 +61,8 @@ class EmbeddingDistiller(Distiller):
         task: str | Task = "classification",
     ) -> None:
         super().__init__(task)
-        self.teacher = as_teacher(teacher, self.task)
+        self.set_pair(teacher, student)
         module = self.teacher.module
-        check_distinct_modules([module, student], type(self).__name__)
-        self.student = student.requires_grad_(True)
         for model, name, field in (
             (student, student_layer, "student_layer"),
             (module, teacher_layer, "teacher_layer"),

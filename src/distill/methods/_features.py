@@ -17,12 +17,11 @@ import torch
 from pydantic import ValidationInfo
 from torch import nn
 
-from ..checks import check_distinct_modules
 from ..config import TrainConfig, merged_train
 from ..errors import ConfigError
 from ..taps import Taps, feeding_parameters, probe, resolve_module
 from ..tasks import Batch, Task
-from ..teachers import Teacher, as_teacher
+from ..teachers import Teacher
 from .base import Distiller, KDFields, StageContext, TeacherStudentSpec, untouched
 
 
@@ -84,9 +83,7 @@ class FeaturePhase(Distiller):
         task: str | Task = "classification",
     ) -> None:
         super().__init__(task)
-        self.teacher = as_teacher(teacher, self.task)
-        check_distinct_modules([self.teacher.module, student], type(self).__name__)
-        self.student = student
+        self.set_pair(teacher, student, trainable=False)
         self.student_layers = list(dict.fromkeys(student_layers))
         self.teacher_layers = list(dict.fromkeys(teacher_layers))
         if isinstance(sample_batch, torch.Tensor):

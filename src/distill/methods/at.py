@@ -17,13 +17,13 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ..checks import LossWeight, Positive, check_distinct_modules, check_nonnegative, check_positive
+from ..checks import LossWeight, Positive, check_nonnegative, check_positive
 from ..config import Strict
 from ..errors import ConfigError
 from ..losses.at import at_terms
 from ..taps import Taps, probe
 from ..tasks import Batch, Task
-from ..teachers import Teacher, as_teacher
+from ..teachers import Teacher
 from ._features import check_layer, zoo_sections
 from .base import DemoEntry, Distiller, OnePhaseSpec, Output, StageContext
 
@@ -97,10 +97,8 @@ class AT(Distiller):
     ) -> None:
         super().__init__(task)
         beta, p = check_nonnegative(beta, "beta"), check_positive(p, "p")
-        self.teacher = as_teacher(teacher, self.task)
+        self.set_pair(teacher, student)
         module = self.teacher.module
-        check_distinct_modules([module, student], "AT")
-        self.student = student.requires_grad_(True)
         self.beta, self.p = beta, p
         if isinstance(sample_batch, torch.Tensor):
             sample_batch = {"inputs": sample_batch}

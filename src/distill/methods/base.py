@@ -22,11 +22,11 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from ..cache import CacheSettings
-from ..checks import Name, Temperature, Weight
+from ..checks import Name, Temperature, Weight, check_distinct_modules
 from ..config import Strict, TrainConfig
 from ..errors import ConfigError, did_you_mean
 from ..tasks import Batch, Task, get_task
-from ..teachers import Teacher
+from ..teachers import Teacher, as_teacher
 
 
 @dataclass
@@ -106,6 +106,16 @@ class Distiller(nn.Module):
         super().__init__()
         self.task = get_task(task)
         self.progress = Progress()
+
+    def set_pair(
+        self, teacher: nn.Module | Teacher, student: nn.Module, *, trainable: bool = True
+    ) -> None:
+        """Set ``self.teacher`` (``teacher`` as a :class:`~distill.teachers.Teacher` of this
+        task: frozen, eval mode) and ``self.student`` (set to require gradients unless
+        ``trainable`` is false), refusing a student that is its own teacher."""
+        self.teacher = as_teacher(teacher, self.task)
+        check_distinct_modules([self.teacher.module, student], type(self).__name__)
+        self.student = student.requires_grad_(True) if trainable else student
 
     def __call__(self, batch: Batch | torch.Tensor, targets: torch.Tensor | None = None) -> Any:
         """``method(batch)``; for image classification ``method(x, y)`` is shorthand for

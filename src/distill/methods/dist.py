@@ -18,13 +18,12 @@ from torch import nn
 from ..checks import (
     LossWeight,
     Temperature,
-    check_distinct_modules,
     check_nonnegative,
     check_temperature,
 )
 from ..losses.dist import dist_terms
 from ..tasks import Batch, Task
-from ..teachers import Teacher, as_teacher
+from ..teachers import Teacher
 from ._logits import check_standardize, distillation_logits, match_classes
 from .base import (
     DemoEntry,
@@ -94,9 +93,7 @@ class DIST(Distiller):
         self.gamma = check_nonnegative(gamma, "gamma")
         self.temperature = check_temperature(temperature)
         self.standardize = bool(standardize)
-        self.teacher = as_teacher(teacher, self.task)
-        check_distinct_modules([self.teacher.module, student], "DIST")
-        self.student = student.requires_grad_(True)
+        self.set_pair(teacher, student)
 
     def forward(self, batch: Batch) -> Output:
         teacher_logits = self.teacher(batch)

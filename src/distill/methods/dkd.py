@@ -18,14 +18,13 @@ from torch import nn
 from ..checks import (
     LossWeight,
     Temperature,
-    check_distinct_modules,
     check_nonnegative,
     check_temperature,
 )
 from ..errors import ConfigError
 from ..losses.dkd import dkd_terms
 from ..tasks import Batch, Task
-from ..teachers import Teacher, as_teacher
+from ..teachers import Teacher
 from ._logits import check_standardize, distillation_logits, match_classes
 from .base import (
     DemoEntry,
@@ -101,9 +100,7 @@ class DKD(Distiller):
             raise ConfigError(f"warmup_epochs must be an integer >= 0, got {warmup_epochs!r}")
         self.warmup_epochs = warmup_epochs
         self.standardize = bool(standardize)
-        self.teacher = as_teacher(teacher, self.task)
-        check_distinct_modules([self.teacher.module, student], "DKD")
-        self.student = student.requires_grad_(True)
+        self.set_pair(teacher, student)
 
     def warmup(self) -> float:
         """The KD terms' weight in the current epoch: ``min((epoch + 1) / warmup_epochs, 1)``."""

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from ..checks import check_distinct_modules, check_fraction, check_temperature
+from ..checks import check_fraction, check_temperature
 from ..errors import ConfigError
 from ..generation import OnPolicy
 from ..heads import check_output_layer, chunked, hidden_states, output_layer
@@ -19,7 +19,7 @@ from ..losses import divergence, kd_loss, standardize
 from ..losses.sparse import TopK
 from ..losses.stored import topk_divergence
 from ..tasks import Batch, Task
-from ..teachers import Teacher, as_teacher
+from ..teachers import Teacher
 from . import _on_policy
 from ._logits import VOCABS, check_standardize, distillation_logits, match_classes
 from .base import (
@@ -121,9 +121,7 @@ class KD(Distiller):
             divergence(probe, probe, loss, temperature=self.temperature, beta=beta, skew=skew)
         self.loss, self.beta, self.skew = loss, beta, skew
         self.vocab, self.standardize = vocab, standardize
-        self.teacher = as_teacher(teacher, self.task)
-        check_distinct_modules([self.teacher.module, student], "KD")
-        self.student = student.requires_grad_(True)
+        self.set_pair(teacher, student)
         if chunk_tokens is not None:  # both output layers must be known before training
             output_layer(student)
             if self.teacher.store is None:
