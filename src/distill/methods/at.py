@@ -135,8 +135,7 @@ class AT(Distiller):
             "ce": self.task.supervised_loss(logits, batch),
             "at": self.beta * torch.stack(terms).sum(),
         }
-        loss = parts["ce"] + parts["at"]
-        return Output(loss=loss, parts={k: v.detach() for k, v in parts.items()}, logits=logits)
+        return Output.from_parts(parts, logits)
 
 
 def _as_pair(pair: ATPair | Mapping[str, str] | tuple[str, str]) -> ATPair:

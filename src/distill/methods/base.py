@@ -12,6 +12,8 @@ is trained by the training loop on its own. Methods never run loops themselves.
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -45,6 +47,17 @@ class Output:
     loss: torch.Tensor
     parts: dict[str, torch.Tensor]
     logits: torch.Tensor | list[torch.Tensor]
+
+    @classmethod
+    def from_parts(
+        cls, parts: dict[str, torch.Tensor], logits: torch.Tensor | list[torch.Tensor]
+    ) -> Output:
+        """The Output whose loss is the sum of ``parts`` in their order (timings, named
+        ``*_seconds``, left out), with the parts detached for logging."""
+        loss = functools.reduce(
+            operator.add, [v for k, v in parts.items() if not k.endswith("_seconds")]
+        )
+        return cls(loss=loss, parts={k: v.detach() for k, v in parts.items()}, logits=logits)
 
 
 @dataclass

@@ -190,8 +190,7 @@ class CRD(EmbeddingDistiller):
         }
         if self.training:
             self._update(index, emb_s.detach(), emb_t.detach())
-        loss = parts["ce"] + parts["crd_s"] + parts["crd_t"]
-        return Output(loss=loss, parts={k: v.detach() for k, v in parts.items()}, logits=logits)
+        return Output.from_parts(parts, logits)
 
     @torch.no_grad()
     def _update(self, index: torch.Tensor, emb_s: torch.Tensor, emb_t: torch.Tensor) -> None:

@@ -106,8 +106,7 @@ class DIST(Distiller):
             "inter": self.beta * inter,
             "intra": self.gamma * intra,
         }
-        loss = parts["ce"] + parts["inter"] + parts["intra"]
-        return Output(loss=loss, parts={k: v.detach() for k, v in parts.items()}, logits=logits)
+        return Output.from_parts(parts, logits)
 
 
 class DISTStage(TeacherStudentSpec, TeacherFields):

@@ -122,8 +122,7 @@ class DKD(Distiller):
             "tckd": factor * self.alpha * tckd,
             "nckd": factor * self.beta * nckd,
         }
-        loss = parts["ce"] + parts["tckd"] + parts["nckd"]
-        return Output(loss=loss, parts={k: v.detach() for k, v in parts.items()}, logits=logits)
+        return Output.from_parts(parts, logits)
 
 
 class DKDStage(TeacherStudentSpec, TeacherFields):

@@ -167,10 +167,9 @@ class KD(Distiller):
             soft = self.soft_loss(logits, teacher_logits, mask)
             ce = soft.new_zeros(()) if own else self.task.supervised_loss(logits, batch)
         parts = {"ce": (1 - self.alpha) * ce, "kd": self.alpha * soft}
-        loss = parts["ce"] + parts["kd"]
         if self.on_policy is not None:
             parts["gen_seconds"] = soft.new_tensor(made.seconds if made is not None else 0.0)
-        return Output(loss=loss, parts={k: v.detach() for k, v in parts.items()}, logits=logits)
+        return Output.from_parts(parts, logits)
 
     def chunked_losses(
         self, batch: Batch, live: bool = False, own: bool = False

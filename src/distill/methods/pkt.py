@@ -76,8 +76,7 @@ class PKT(EmbeddingDistiller):
             "ce": self.task.supervised_loss(logits, batch),
             "pkt": self.weight * pkt_loss(student, teacher),
         }
-        loss = parts["ce"] + parts["pkt"]
-        return Output(loss=loss, parts={k: v.detach() for k, v in parts.items()}, logits=logits)
+        return Output.from_parts(parts, logits)
 
 
 class PKTStage(OnePhaseSpec, EmbeddingFields):

@@ -79,8 +79,7 @@ class RKD(EmbeddingDistiller):
             "distance": self.distance_weight * distance,
             "angle": self.angle_weight * angle,
         }
-        loss = parts["ce"] + parts["distance"] + parts["angle"]
-        return Output(loss=loss, parts={k: v.detach() for k, v in parts.items()}, logits=logits)
+        return Output.from_parts(parts, logits)
 
 
 class RKDStage(OnePhaseSpec, EmbeddingFields):
