@@ -66,6 +66,14 @@ def teacher_recipe(base: dict[str, Any]) -> dict[str, Any]:
     return recipe
 
 
+def train_teacher(base: dict[str, Any], out: Path) -> tuple[dict[str, Any], Path]:
+    """The teacher, trained once (seed 0) under ``out/teacher``, or read back when that run
+    finished: its summary and its checkpoint, which every seed's recipe loads."""
+    teacher = run(teacher_recipe(base), out / "teacher")
+    print(f"teacher: test perplexity {teacher['models']['teacher']['test_perplexity']:.3f}")
+    return teacher, out / "teacher" / "checkpoints" / "teacher.pt"
+
+
 def seed_recipe(base: dict[str, Any], seed: int, teacher: Path) -> dict[str, Any]:
     """The student alone and one KD student per divergence kind, for one seed."""
     recipe = copy.deepcopy(base)
@@ -143,9 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or ROOT / "runs" / ("lm-quick" if args.quick else "lm")
     base = budget(args.quick)
     started = time.perf_counter()
-    teacher = run(teacher_recipe(base), out / "teacher")
-    teacher_file = out / "teacher" / "checkpoints" / "teacher.pt"
-    print(f"teacher: test perplexity {teacher['models']['teacher']['test_perplexity']:.3f}")
+    teacher, teacher_file = train_teacher(base, out)
     results = []
     for seed in range(seeds):
         summary = run(seed_recipe(base, seed, teacher_file), out / f"seed-{seed}")

@@ -39,7 +39,7 @@ from distill.recipe import parse_recipe
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy import machine, mean_std, run  # noqa: E402
-from lm import budget, teacher_recipe  # noqa: E402
+from lm import budget, train_teacher  # noqa: E402
 from speed import replace_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,9 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or ROOT / "runs" / ("lm-topk-quick" if args.quick else "lm-topk")
     base = budget(args.quick)
     started = time.perf_counter()
-    teacher = run(teacher_recipe(base), out / "teacher")
-    teacher_file = out / "teacher" / "checkpoints" / "teacher.pt"
-    print(f"teacher: test perplexity {teacher['models']['teacher']['test_perplexity']:.3f}")
+    teacher, teacher_file = train_teacher(base, out)
     results, sizes = [], {}
     for seed in range(args.seeds):
         # The stores depend on the seed: it draws the data's splits.

@@ -41,7 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy import machine, mean_std, run  # noqa: E402
-from lm import budget, teacher_recipe  # noqa: E402
+from lm import budget, train_teacher  # noqa: E402
 from speed import replace_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -312,9 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or ROOT / "runs" / ("lm-on-policy-quick" if args.quick else "lm-on-policy")
     base = budget(args.quick)
     started = time.perf_counter()
-    teacher = run(teacher_recipe(base), out / "teacher")
-    teacher_file = out / "teacher" / "checkpoints" / "teacher.pt"
-    print(f"teacher: test perplexity {teacher['models']['teacher']['test_perplexity']:.3f}")
+    teacher, teacher_file = train_teacher(base, out)
     results, wall = [], teacher["wall_seconds"]
     for seed in range(seeds):
         recipe = seed_recipe(base, seed, teacher_file)
