@@ -48,7 +48,8 @@ from .cache import (
     transform_description,
 )
 from .data import DataBundle, load
-from .data.batches import as_item, to_device
+from .data.batches import as_item
+from .devices import model_device, to_device
 from .errors import CheckpointError, ConfigError, DataError, DistillError
 from .files import atomic_save, atomic_write_json, atomic_write_text, safe_load
 from .methods import Phase, StageContext, TeacherFields
@@ -540,7 +541,7 @@ class Pipeline:
         }
         fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
         collate = bundle.collate or default_collate
-        device = next(iter(teacher.module.parameters()), torch.empty(0)).device
+        device = model_device(teacher.module)
         probe = teacher.compute(to_device(collate([views[0]]), device))  # the outputs' shape
         teacher.calls = 0
         shape: tuple[int, ...] = tuple(probe.shape[1:])
@@ -744,7 +745,7 @@ class Pipeline:
             }
             # A teacher used as given (weights) is scored on inputs it expects, as it taught.
             renorm = renormalizer(*input_normalization_of(bundle), model)
-            device = next(iter(model.parameters()), torch.empty(0)).device
+            device = model_device(model)
             scored = model if renorm is None else nn.Sequential(renorm.to(device), model)
             scored = for_inference(scored, self.accelerator, sharding)
             for split, dataset in splits.items():

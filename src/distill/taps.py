@@ -35,6 +35,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from .devices import model_device, to_device
 from .errors import ConfigError, closest
 
 Selector = int | str | Callable[[Any], torch.Tensor] | None
@@ -326,22 +327,14 @@ class Taps:
             self.close()
 
 
-def _device_of(model: nn.Module, default: torch.device) -> torch.device:
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
-    return default
-
-
 def _call(model: nn.Module, inputs: Any, task: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """``(args, kwargs)`` calling ``model`` on ``inputs`` (a tensor, or a dict batch called as
     ``task`` says), with the tensors moved to the model's device."""
     from .tasks import get_task
 
     if isinstance(inputs, torch.Tensor):
-        return (inputs.to(_device_of(model, inputs.device)),), {}
-    device = _device_of(model, torch.device("cpu"))
-    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-    return get_task(task or "classification").inputs(batch)
+        return (inputs.to(model_device(model, inputs.device)),), {}
+    return get_task(task or "classification").inputs(to_device(inputs, model_device(model)))
 
 
 def probe(

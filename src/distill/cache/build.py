@@ -23,6 +23,7 @@ import torch
 
 from .. import __version__
 from ..data.batches import as_item
+from ..devices import to_device
 from ..errors import ConfigError, DataError, did_you_mean
 from ..files import atomic_write_json
 from ..losses import standardize, topk_from_logits
@@ -74,10 +75,6 @@ def keep_top_p(
     kept = torch.arange(k, device=logprobs.device) < counts[..., None]
     dropped = torch.cat([logprobs.masked_fill(kept, -math.inf), rest[..., None]], dim=-1)
     return counts, torch.logsumexp(dropped, dim=-1)
-
-
-def _to(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def build_store(
@@ -161,7 +158,7 @@ def build_store(
     teacher = Teacher(model, pipeline.task, spec.teacher_precision, renormalize=renorm)  # type: ignore[attr-defined]
     collate = bundle.collate or torch.utils.data.default_collate
     batch_size = batch_size or recipe.data.eval_batch_size or recipe.data.batch_size
-    classes = int(teacher.compute(_to(collate([as_item(train[0], 0)]), acc.device)).shape[-1])
+    classes = int(teacher.compute(to_device(collate([as_item(train[0], 0)]), acc.device)).shape[-1])
     if topk > classes:
         raise ConfigError(
             f"--topk must be an integer from 1 to the vocabulary size {classes} (the teacher "
@@ -204,7 +201,7 @@ def build_store(
     mark = 0.25  # progress lines at each quarter of the shard
     for first in range(start + writer.done, stop, batch_size):
         items = [as_item(train[i], i) for i in range(first, min(first + batch_size, stop))]
-        batch = _to(collate(items), acc.device)
+        batch = to_device(collate(items), acc.device)
         logits = teacher.compute(batch)
         if standardized:
             logits = standardize(logits)

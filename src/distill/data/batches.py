@@ -77,14 +77,6 @@ def batch_device(batch: Mapping[str, Any]) -> torch.device:
     return next(v for v in batch.values() if isinstance(v, torch.Tensor)).device
 
 
-def to_device(batch: Mapping[str, Any], device: torch.device | str) -> dict[str, Any]:
-    """``batch`` with its tensors on ``device`` (other values kept)."""
-    return {
-        key: value.to(device) if isinstance(value, torch.Tensor) else value
-        for key, value in batch.items()
-    }
-
-
 def select(batch: Mapping[str, Any], rows: torch.Tensor) -> dict[str, Any]:
     """The sub-batch of the samples where the boolean mask ``rows`` ``[N]`` is true (every
     tensor with ``N`` rows is indexed; other values are kept)."""

@@ -26,6 +26,7 @@ from torch import nn
 from ..cache import CacheSettings
 from ..checks import Name, Temperature, Weight, check_distinct_modules
 from ..config import Strict, TrainConfig
+from ..devices import model_device, to_device
 from ..errors import ConfigError, did_you_mean
 from ..tasks import Batch, Task, get_task
 from ..teachers import Teacher, as_teacher
@@ -260,9 +261,7 @@ class StageContext:
         """Model ``name``'s logits on :attr:`sample_batch` (moved to the model's device), in
         eval mode and without a graph; the model's mode is restored."""
         model = self.models[name]
-        device = next(iter(model.parameters()), torch.empty(0)).device
-        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v
-                 for k, v in self.sample_batch.items()}
+        batch = to_device(self.sample_batch, model_device(model))
         was_training = model.training
         model.eval()
         try:
