@@ -4,14 +4,13 @@ saved, the negatives' generator, bad input, and exact resume of a recipe run."""
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from _nets import Net
 from _weights import assert_same_weights, final_weights
-from torch import nn
 
 import distill
 from distill.errors import ConfigError
@@ -21,19 +20,6 @@ from distill.pipeline import Pipeline
 from distill.recipe import parse_recipe
 from distill.tasks import get_task
 from distill.training.distributed import trained_members
-
-
-class Net(nn.Module):
-    """A zoo-like classifier: ``body`` then ``head`` = flatten, fc."""
-
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Linear(6, width), nn.Tanh())
-        self.head = nn.Sequential(OrderedDict(flatten=nn.Flatten(), fc=nn.Linear(width, 3)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x))
-
 
 N_TRAIN, K, DIM, T, M = 10, 4, 3, 0.5, 0.25
 

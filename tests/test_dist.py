@@ -13,10 +13,9 @@ from torch import nn
 
 import distill
 from distill.errors import ConfigError
-from distill.methods import DIST, METHODS, StageContext
+from distill.methods import DIST, METHODS
 from distill.pipeline import Pipeline
 from distill.recipe import parse_recipe
-from distill.tasks import get_task
 
 
 def make_pair() -> tuple[nn.Module, nn.Module]:
@@ -110,16 +109,6 @@ def test_bad_settings(kwargs: dict, match: str) -> None:
     teacher, student = make_pair()
     with pytest.raises(ConfigError, match=match):
         DIST(teacher, student, **kwargs)
-
-
-def test_standardize_refuses_a_topk_cache() -> None:
-    spec = METHODS["dist"].model_validate(
-        {"method": "dist", "teacher": "t", "student": "s", "standardize": True,
-         "cache": "teacher", "cache_topk": 3}
-    )
-    ctx = StageContext(models={}, sample_batch={}, task=get_task("classification"))
-    with pytest.raises(ConfigError, match="cache_topk"):
-        spec.check(ctx)
 
 
 def test_recipe_run(tmp_path: Path) -> None:

@@ -4,12 +4,12 @@ layer names, and a recipe run."""
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from _nets import grads, make_pair
 from torch import nn
 
 import distill
@@ -18,30 +18,6 @@ from distill.losses.rkd import rkd_terms
 from distill.methods import RKD
 from distill.pipeline import Pipeline
 from distill.recipe import parse_recipe
-
-
-class Net(nn.Module):
-    """A zoo-like classifier: ``body`` then ``head`` = flatten, fc (``head.flatten`` is the
-    penultimate feature)."""
-
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Linear(6, width), nn.Tanh())
-        self.head = nn.Sequential(OrderedDict(flatten=nn.Flatten(), fc=nn.Linear(width, 3)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x))
-
-
-def make_pair() -> tuple[Net, Net]:
-    torch.manual_seed(0)
-    return Net(12), Net(4)
-
-
-def grads(model: nn.Module, loss: torch.Tensor) -> list[torch.Tensor]:
-    model.zero_grad()
-    loss.backward()
-    return [p.grad.clone() for p in model.parameters()]
 
 
 def test_loss_is_ce_plus_weighted_distance_and_angle() -> None:

@@ -8,8 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from distill.errors import ConfigError
 from distill.losses.kd import kd_loss
 from distill.losses.standardize import standardize
+from distill.methods import METHODS, StageContext
+from distill.tasks import get_task
 
 
 def naive_standardize(z: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
@@ -107,3 +110,16 @@ def test_bad_arguments() -> None:
         standardize(torch.randn(2, 3), eps=-1)
     with pytest.raises(ValueError, match="eps must be .* got nan"):
         standardize(torch.randn(2, 3), eps=math.nan)
+
+
+@pytest.mark.parametrize("method", ["kd", "dkd", "dist"])
+def test_standardize_refuses_a_topk_cache(method: str) -> None:
+    """A top-k cache keeps only T·log p of the k largest logits, whose Z-score differs from
+    the logits': every method that standardises refuses the pair."""
+    spec = METHODS[method].model_validate(
+        {"method": method, "teacher": "t", "student": "s", "standardize": True,
+         "cache": "teacher", "cache_topk": 3}
+    )
+    ctx = StageContext(models={}, sample_batch={}, task=get_task("classification"))
+    with pytest.raises(ConfigError, match="cache_topk"):
+        spec.check(ctx)
